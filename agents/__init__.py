@@ -1,0 +1,1 @@
+"""Processes at the edges of the log: poller, webhooks, persist, push, deliver."""

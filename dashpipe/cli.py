@@ -1,0 +1,166 @@
+"""The `dashpipe` command. Errors are one clear line on stderr and a non-zero exit, never a
+traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+
+import orjson
+
+from dashpipe import stack
+from dashpipe.errors import DashpipeError
+from dashpipe.settings import Settings, load_settings
+
+log = logging.getLogger("dashpipe")
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    ends = stack.up(settings)
+    outcome = asyncio.run(_create_topics(settings, ends.bootstrap_servers))
+    _print_status(settings)
+    created = [name for name, what in outcome.items() if what != "exists"]
+    if created:
+        print(f"topics: {', '.join(f'{n} {outcome[n]}' for n in created)}")
+    print("\nFor other shells:  eval \"$(dashpipe status --env)\"")
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    stopped = stack.down(settings)
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    if args.env:
+        ends = stack.endpoints(settings)
+        print(f"export DASHPIPE_KAFKA_BOOTSTRAP_SERVERS={shlex.quote(ends.bootstrap_servers)}")
+        print(f"export DASHPIPE_DATABASE_URL="
+              f"{shlex.quote(ends.database_url.get_secret_value())}")
+        return 0
+    return 0 if _print_status(settings) else 1
+
+
+def _print_status(settings: Settings) -> bool:
+    rows = stack.status(settings)
+    for row in rows:
+        print(f"{row.name:<11} {row.state:<16} {row.where}")
+    return all(r.state != "stopped" for r in rows)
+
+
+async def _create_topics(settings: Settings, bootstrap: str) -> dict[str, str]:
+    from dashpipe import kafka, topics
+
+    async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
+        return await topics.create_all(admin, topics.catalogue(settings.topics))
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe import kafka, topics
+
+    bootstrap = stack.endpoints(settings).bootstrap_servers
+    if args.action == "create":
+        for name, what in asyncio.run(_create_topics(settings, bootstrap)).items():
+            print(f"{name:<32} {what}")
+        return 0
+
+    async def describe() -> list[dict[str, object]]:
+        async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
+            return await topics.describe(admin, topics.catalogue(settings.topics))
+
+    rows = asyncio.run(describe())
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for row in rows:
+        if not row["exists"]:
+            print(f"{row['topic']:<32} MISSING  ({row['purpose']})")
+            continue
+        config = " ".join(f"{k}={v}" for k, v in row["config"].items())  # type: ignore[attr-defined]
+        print(f"{row['topic']:<32} partitions={row['partitions']} "
+              f"replication={row['replication_factor']} {config}")
+    return 0 if all(r["exists"] for r in rows) else 1
+
+
+def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas import export
+
+    if args.action == "export":
+        for path in export.export():
+            print(path)
+        return 0
+    stale = export.stale()
+    if stale:
+        print("stale JSON Schemas (run `dashpipe schemas export`): " + ", ".join(stale),
+              file=sys.stderr)
+        return 1
+    print("JSON Schemas are current")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe.app import ROLES, Context, run
+    from dashpipe.topics import TopicNames
+
+    roles = args.roles or list(ROLES)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise DashpipeError(f"unknown role {unknown[0]!r}; roles are: {', '.join(ROLES)}")
+    ctx = Context(settings, stack.endpoints(settings), TopicNames.from_prefix(settings.topics.prefix))
+    run(ctx, roles, loglevel=args.log_level)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dashpipe", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the local Kafka and PostgreSQL (idempotent)")
+    sub.add_parser("down", help="stop what `up` started; data stays in the state folder")
+    status = sub.add_parser("status", help="what runs where")
+    status.add_argument("--env", action="store_true", help="print export lines for other shells")
+    run = sub.add_parser("run", help="run roles (all of them when none is named)")
+    run.add_argument("roles", nargs="*", metavar="ROLE")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
+    topics = sub.add_parser("topics", help="the topic catalogue")
+    topics.add_argument("action", choices=["create", "describe"])
+    topics.add_argument("--json", action="store_true")
+    schemas = sub.add_parser("schemas", help="the JSON Schemas of the public records")
+    schemas.add_argument("action", choices=["export", "check"])
+    return p
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "run": cmd_run,
+    "topics": cmd_topics,
+    "schemas": cmd_schemas,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+        return COMMANDS[args.command](settings, args)
+    except DashpipeError as exc:
+        print(f"dashpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a service failed in a way we did not foresee: no traceback
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(f"dashpipe: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

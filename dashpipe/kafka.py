@@ -1,0 +1,57 @@
+"""Kafka clients configured one way for every role: idempotent producers, manual commits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from dashpipe.settings import KafkaSettings
+
+
+def producer(bootstrap: str, ks: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """Idempotent, `acks=all`: a send that returned was written once, on every in-sync replica."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": ks.client_id,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": ks.linger_ms,
+        "max_batch_size": ks.max_batch_size,
+        "request_timeout_ms": ks.request_timeout_ms,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def consumer(bootstrap: str, ks: KafkaSettings, *topics: str, group_id: str | None,
+             **overrides: Any) -> AIOKafkaConsumer:
+    """At-least-once: offsets are committed by the caller once the effect is durable."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": ks.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+def admin(bootstrap: str, ks: KafkaSettings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=ks.client_id,
+                               request_timeout_ms=ks.request_timeout_ms)
+
+
+@asynccontextmanager
+async def started(client: Any) -> AsyncIterator[Any]:
+    """`start()` a client, and always `stop()` (or `close()` for the admin) it after."""
+    await client.start()
+    try:
+        yield client
+    finally:
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())

@@ -1,0 +1,140 @@
+"""The local stack behind `dashpipe up | down | status`, and where every process finds its services.
+
+A service named by a `DASHPIPE_` variable is used as it is and never started here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from dashpipe.errors import ConfigError, StackError
+from dashpipe.settings import Settings
+from dashpipe.stack import kafka, postgres
+from dashpipe.stack import state as st
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    bootstrap_servers: str
+    database_url: SecretStr
+    kafka_local: bool
+    database_local: bool
+
+
+def endpoints(settings: Settings) -> Endpoints:
+    """Where Kafka and PostgreSQL are: the settings first, else the running local stack."""
+    state = st.load(settings.stack.state_dir)
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap:
+        if not state.kafka_port:
+            raise ConfigError("DASHPIPE_KAFKA_BOOTSTRAP_SERVERS is not set and the local stack "
+                              "is not up: run `dashpipe up`")
+        bootstrap = f"127.0.0.1:{state.kafka_port}"
+    db = settings.database.url
+    if db is None:
+        if not state.pg_port:
+            raise ConfigError("DASHPIPE_DATABASE_URL is not set and the local stack is not up: "
+                              "run `dashpipe up`")
+        db = SecretStr(postgres.url(state))
+    return Endpoints(bootstrap, db, not settings.kafka.bootstrap_servers,
+                     settings.database.url is None)
+
+
+async def wait_for_kafka(bootstrap: str, timeout: float = 90.0,
+                         alive: object = None) -> None:
+    """Return once the broker answers a metadata request; raise after `timeout` seconds."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if callable(alive) and not alive():
+            raise StackError("the Kafka broker exited while starting")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.describe_cluster()
+            return
+        except Exception as exc:  # the broker is still starting
+            last = exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.5)
+    raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s: {last}")
+
+
+def up(settings: Settings) -> Endpoints:
+    """Start what is not configured elsewhere and not already running. Idempotent."""
+    stack = settings.stack
+    state = st.load(stack.state_dir)
+    if not settings.kafka.bootstrap_servers:
+        state = kafka.start(stack, state)
+        st.save(stack.state_dir, state)
+        home = stack.state_dir.resolve() / "kafka"
+        try:
+            asyncio.run(wait_for_kafka(f"127.0.0.1:{state.kafka_port}",
+                                       alive=lambda: kafka.running_pid(home) is not None))
+        except StackError as exc:
+            raise StackError(f"{exc}\n--- kafka log ---\n{kafka.log_tail(stack)}") from None
+    if settings.database.url is None:
+        state = postgres.start(stack, state)
+        st.save(stack.state_dir, state)
+        asyncio.run(postgres.create_database(state))
+    return endpoints(settings)
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop what `up` started; returns the names of what was stopped."""
+    stack = settings.stack
+    state = st.load(stack.state_dir)
+    stopped = []
+    if kafka.stop(stack):
+        stopped.append("kafka")
+    if state.pg_data and postgres.stop(stack, state):
+        stopped.append("postgresql")
+    return stopped
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    where: str
+    state: str  # running | stopped | external
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    stack = settings.stack
+    state = st.load(stack.state_dir)
+    out = []
+    if settings.kafka.bootstrap_servers:
+        out.append(ServiceStatus("kafka", settings.kafka.bootstrap_servers, "external"))
+    else:
+        pid = kafka.running_pid(stack.state_dir.resolve() / "kafka")
+        where = f"127.0.0.1:{state.kafka_port} (Apache Kafka {stack.kafka_version}, KRaft, " \
+                f"log in {stack.state_dir.resolve() / 'kafka' / 'data'})"
+        out.append(ServiceStatus("kafka", where, f"running pid {pid}" if pid else "stopped"))
+    if settings.database.url is not None:
+        out.append(ServiceStatus("postgresql", _redact(settings.database.url), "external"))
+    else:
+        alive = postgres.running(stack, state)
+        where = f"127.0.0.1:{state.pg_port} database {postgres.DATABASE} (data in {state.pg_data})"
+        out.append(ServiceStatus("postgresql", where, "running" if alive else "stopped"))
+    return out
+
+
+def _redact(url: SecretStr) -> str:
+    """A database URL with its password replaced, for display."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url.get_secret_value())
+    if parts.password is None:
+        return url.get_secret_value()
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

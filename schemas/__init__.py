@@ -1,0 +1,1 @@
+"""The contracts: pipeline, mapping and record models, SQL, and their exported JSON Schemas."""

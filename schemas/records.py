@@ -1,0 +1,114 @@
+"""The records on dashpipe's topics. Other services read these; change them only additively.
+
+Bronze (`<prefix>.raw`): the value is the payload exactly as received; `RawMetadata` travels
+in Kafka headers (see `RawMetadata.to_headers`). Silver (`<prefix>.transformed`): the value is a
+`TransformedRecord` as JSON. Dead letters (`<prefix>.dlq`): the value is a `DeadLetter` as JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+HEADER_PREFIX = "dashpipe-"
+# field name -> Kafka header name; header values are UTF-8 text.
+RAW_HEADERS = {
+    "pipeline_id": "dashpipe-pipeline-id",
+    "team_id": "dashpipe-team-id",
+    "source": "dashpipe-source",
+    "received_at": "dashpipe-received-at",
+    "ingest_id": "dashpipe-ingest-id",
+    "content_type": "content-type",
+    "url": "dashpipe-url",
+    "http_status": "dashpipe-http-status",
+    "schema_version": "dashpipe-schema-version",
+}
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RawMetadata(_Record):
+    """Metadata of one Bronze record, carried in Kafka headers beside the untouched payload."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid",
+        json_schema_extra={"x-kafka-headers": RAW_HEADERS},
+    )
+
+    pipeline_id: str
+    team_id: str
+    source: Literal["poll", "webhook", "pipeline"]
+    received_at: datetime
+    ingest_id: str = Field(description="unique per received payload; stable across retries")
+    content_type: str = "application/json"
+    url: str | None = Field(default=None, description="the polled URL, without credentials")
+    http_status: int | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        out = []
+        for name, header in RAW_HEADERS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            text = _iso(value) if isinstance(value, datetime) else str(value)
+            out.append((header, text.encode()))
+        return out
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> RawMetadata:
+        by_header = {h: n for n, h in RAW_HEADERS.items()}
+        values = {by_header[k]: v.decode() for k, v in headers if k in by_header}
+        return cls.model_validate(values)
+
+
+class Lineage(_Record):
+    """Where a row came from: the exact Bronze record and its position inside that payload."""
+
+    raw_partition: int = Field(ge=0)
+    raw_offset: int = Field(ge=0)
+    row_index: int = Field(ge=0)
+
+
+class TransformedRecord(_Record):
+    """One mapped row on the Silver topic. Key: the mapping's key field, else the pipeline id."""
+
+    pipeline_id: str
+    team_id: str
+    time: datetime
+    key: str | None = None
+    fields: dict[str, Any]
+    lineage: Lineage
+    mapping_version: int = Field(ge=0, description="0 when the pipeline has no mapping")
+    ingest_id: str
+    schema_version: int = SCHEMA_VERSION
+
+
+class DeadLetter(_Record):
+    """A record a stage could not process, with why, so it can be fixed and redriven."""
+
+    stage: Literal["ingest", "map", "persist", "deliver"]
+    reason: str
+    pipeline_id: str
+    team_id: str | None = None
+    lineage: Lineage | None = None
+    mapping_version: int | None = None
+    sink_index: int | None = Field(default=None, description="deliver: which sink of the pipeline")
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    failed_at: datetime
+    record: Any = Field(default=None, description="the failing row or payload, as JSON")
+    schema_version: int = SCHEMA_VERSION
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""Stream processors on the log: the mapping compiler, the mapper, replay."""
