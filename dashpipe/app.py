@@ -39,9 +39,10 @@ Attach = Callable[[faust.App, Context], None]
 
 def _placeholder(role: str) -> Attach:
     def attach(app: faust.App, ctx: Context) -> None:
-        @app.task
         async def announce() -> None:
             log.info("role %s ready (group %s)", role, ctx.group(role))
+
+        app.task(announce)
 
     return attach
 

@@ -31,7 +31,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    stopped = stack.down(settings)
+    stopped = stack.down(settings, purge=args.purge)
     print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
     return 0
 
@@ -111,7 +111,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise DashpipeError(f"unknown role {unknown[0]!r}; roles are: {', '.join(ROLES)}")
-    ctx = Context(settings, stack.endpoints(settings), TopicNames.from_prefix(settings.topics.prefix))
+    names = TopicNames.from_prefix(settings.topics.prefix)
+    ctx = Context(settings, stack.endpoints(settings), names)
     run(ctx, roles, loglevel=args.log_level)
     return 0
 
@@ -120,7 +121,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dashpipe", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the local Kafka and PostgreSQL (idempotent)")
-    sub.add_parser("down", help="stop what `up` started; data stays in the state folder")
+    down = sub.add_parser("down", help="stop what `up` started; data stays in the state folder")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete the state folder: the Kafka log and the database")
     status = sub.add_parser("status", help="what runs where")
     status.add_argument("--env", action="store_true", help="print export lines for other shells")
     run = sub.add_parser("run", help="run roles (all of them when none is named)")

@@ -70,7 +70,7 @@ class WebSettings(BaseSettings):
     model_config = _config("DASHPIPE_WEB_")
 
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, gt=0, lt=65536)
+    port: int = Field(default=8080, ge=0, lt=65536, description="0: any free port")
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
 
 HEADER_PREFIX = "dashpipe-"
 # field name -> Kafka header name; header values are UTF-8 text.
-RAW_HEADERS = {
+RAW_HEADERS: dict[str, str] = {
     "pipeline_id": "dashpipe-pipeline-id",
     "team_id": "dashpipe-team-id",
     "source": "dashpipe-source",
@@ -38,7 +38,7 @@ class RawMetadata(_Record):
 
     model_config = ConfigDict(
         frozen=True, extra="forbid",
-        json_schema_extra={"x-kafka-headers": RAW_HEADERS},
+        json_schema_extra={"x-kafka-headers": {k: v for k, v in RAW_HEADERS.items()}},
     )
 
     pipeline_id: str
@@ -50,6 +50,12 @@ class RawMetadata(_Record):
     url: str | None = Field(default=None, description="the polled URL, without credentials")
     http_status: int | None = None
     schema_version: int = SCHEMA_VERSION
+
+    @field_validator("received_at")
+    @classmethod
+    def _millis(cls, value: datetime) -> datetime:
+        """Headers carry milliseconds; keep the model at the same precision."""
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         out = []

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import SecretStr
 
@@ -90,8 +92,11 @@ def up(settings: Settings) -> Endpoints:
     return endpoints(settings)
 
 
-def down(settings: Settings) -> list[str]:
-    """Stop what `up` started; returns the names of what was stopped."""
+def down(settings: Settings, purge: bool = False) -> list[str]:
+    """Stop what `up` started; returns the names of what was stopped.
+
+    `purge` also deletes the state folder (the Kafka log and the database) for a fresh start.
+    """
     stack = settings.stack
     state = st.load(stack.state_dir)
     stopped = []
@@ -99,6 +104,10 @@ def down(settings: Settings) -> list[str]:
         stopped.append("kafka")
     if state.pg_data and postgres.stop(stack, state):
         stopped.append("postgresql")
+    if purge:
+        if state.pg_data:
+            shutil.rmtree(Path(state.pg_data).parent, ignore_errors=True)
+        shutil.rmtree(stack.state_dir, ignore_errors=True)
     return stopped
 
 

@@ -1,0 +1,50 @@
+# dashpipe: `make run` sets up and starts everything; `make test` passes the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: help install up down status run test unit bench bench-quick lint schemas
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)  ## create .venv with dashpipe and its dev tools
+
+up: install  ## start the local Kafka + PostgreSQL (idempotent) and create the topics
+	$(BIN)/dashpipe up
+
+down:  ## stop the local stack (data stays in .dashpipe/)
+	$(BIN)/dashpipe down
+
+status: install  ## what runs where
+	$(BIN)/dashpipe status
+
+run: up  ## set up everything and run every role in this terminal (Ctrl-C stops)
+	$(BIN)/dashpipe run
+
+test: install  ## unit + integration tests against the real broker and database
+	$(BIN)/python -m pytest
+
+unit: install  ## unit tests only (no services)
+	$(BIN)/python -m pytest tests/unit
+
+bench: up  ## benchmarks: ratios against Kafka's own perf tools, appended to bench/results.jsonl
+	$(BIN)/python bench/run_all.py
+
+bench-quick: up  ## the benchmarks on small inputs (a smoke run)
+	$(BIN)/python bench/run_all.py --quick
+
+lint: install  ## ruff, mypy, and a check that the JSON Schemas are current
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/dashpipe schemas check
+
+schemas: install  ## re-export the JSON Schemas in schemas/
+	$(BIN)/dashpipe schemas export

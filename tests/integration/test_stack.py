@@ -1,0 +1,118 @@
+"""`dashpipe up | down | status` and `dashpipe run` as a user runs them, in a state folder of
+their own (a second broker and cluster beside the session's)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from dashpipe.settings import Settings
+from dashpipe.stack import Endpoints
+
+ENV_KEYS = ("DASHPIPE_KAFKA_BOOTSTRAP_SERVERS", "DASHPIPE_DATABASE_URL")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    env.update(extra)
+    return env
+
+
+def dashpipe(*args: str, env: dict[str, str],
+             timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dashpipe.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = _env(DASHPIPE_STATE_DIR=str(tmp_path / "state"))
+    yield env
+    dashpipe("down", "--purge", env=env)
+
+
+def _exports(env: dict[str, str]) -> dict[str, str]:
+    done = dashpipe("status", "--env", env=env)
+    assert done.returncode == 0, done.stderr
+    pairs = [line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines()]
+    return {k: v.strip("'") for k, v in pairs}
+
+
+async def test_down_then_up_keeps_the_log_and_the_tables(own_stack: dict[str, str]) -> None:
+    env = own_stack
+    first = dashpipe("up", env=env)
+    assert first.returncode == 0, first.stderr
+    assert dashpipe("up", env=env).returncode == 0  # idempotent
+    ex = _exports(env)
+    bootstrap, url = ex["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"], ex["DASHPIPE_DATABASE_URL"]
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    sent = await producer.send_and_wait("outside.topic", b"kept", key=b"k")
+    await producer.stop()
+    conn = await asyncpg.connect(url)
+    await conn.execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('row')")
+    await conn.close()
+
+    down = dashpipe("down", env=env)
+    assert down.returncode == 0 and "kafka" in down.stdout and "postgresql" in down.stdout
+    status = dashpipe("status", env=env)
+    assert status.returncode == 1 and status.stdout.count("stopped") == 2
+
+    assert dashpipe("up", env=env).returncode == 0
+    ex = _exports(env)
+    consumer = AIOKafkaConsumer("outside.topic",
+                                bootstrap_servers=ex["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"],
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while not values and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            values = [m.value for msgs in batch.values() for m in msgs]
+    finally:
+        await consumer.stop()
+    assert values == [b"kept"] and sent.offset == 0
+    conn = await asyncpg.connect(ex["DASHPIPE_DATABASE_URL"])
+    assert await conn.fetchval("SELECT v FROM kept") == "row"
+    await conn.close()
+
+
+def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
+    env = _env(DASHPIPE_STATE_DIR=str(tmp_path), PATH="/nonexistent")
+    done = dashpipe("up", env=env, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("dashpipe: error: java not found: install")
+    assert "Traceback" not in done.stderr
+
+
+def test_run_starts_a_role_and_stops_on_sigterm(settings: Settings, services: Endpoints,
+                                                tmp_path: Path) -> None:
+    env = _env(DASHPIPE_KAFKA_BOOTSTRAP_SERVERS=services.bootstrap_servers,
+               DASHPIPE_DATABASE_URL=services.database_url.get_secret_value(),
+               DASHPIPE_TOPIC_PREFIX=settings.topics.prefix,
+               DASHPIPE_KAFKA_GROUP_PREFIX=settings.kafka.group_prefix,
+               DASHPIPE_STATE_DIR=str(tmp_path))
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dashpipe.cli", "run", "map"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "role map ready" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert "role map ready" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()[-2000:]
+    assert "Traceback" not in log.read_text()

@@ -1,0 +1,62 @@
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import export
+from schemas.pipeline import Pipeline
+from schemas.records import DeadLetter, Lineage, RawMetadata, TransformedRecord
+
+
+def test_raw_metadata_round_trips_through_headers() -> None:
+    meta = RawMetadata(pipeline_id="p1", team_id="t1", source="poll",
+                       received_at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+                       ingest_id="i-1", url="https://api.example.com/x", http_status=200)
+    headers = meta.to_headers()
+    assert ("dashpipe-pipeline-id", b"p1") in headers
+    assert ("dashpipe-received-at", b"2026-01-02T03:04:05.678Z") in headers
+    assert RawMetadata.from_headers([*headers, ("unrelated", b"x")]) == meta
+
+
+def test_absent_optional_metadata_is_not_a_header() -> None:
+    meta = RawMetadata(pipeline_id="p", team_id="t", source="webhook",
+                       received_at=datetime.now(UTC), ingest_id="i")
+    assert "dashpipe-url" not in dict(meta.to_headers())
+
+
+def test_transformed_record_requires_lineage() -> None:
+    with pytest.raises(ValidationError) as err:
+        TransformedRecord.model_validate({"pipeline_id": "p", "team_id": "t",
+                                          "time": "2026-01-01T00:00:00Z", "fields": {},
+                                          "mapping_version": 1, "ingest_id": "i"})
+    assert ("lineage",) in [e["loc"] for e in err.value.errors()]
+
+
+def test_lineage_rejects_negative_offsets() -> None:
+    with pytest.raises(ValidationError):
+        Lineage(raw_partition=0, raw_offset=-1, row_index=0)
+
+
+def test_dead_letter_carries_stage_reason_and_lineage() -> None:
+    dl = DeadLetter(stage="map", reason="fields.mag: expected float, got str", pipeline_id="p",
+                    lineage=Lineage(raw_partition=1, raw_offset=2, row_index=3),
+                    failed_at=datetime.now(UTC))
+    assert DeadLetter.model_validate_json(dl.model_dump_json()) == dl
+
+
+def test_pipeline_source_must_fit_type() -> None:
+    with pytest.raises(ValidationError) as err:
+        Pipeline(id="p", team_id="t", name="n", type="realtime", source_type="http_api")
+    assert "source_type" in str(err.value)
+
+
+def test_exported_json_schemas_are_current() -> None:
+    assert export.stale() == [], "run `dashpipe schemas export` and commit the files"
+
+
+def test_stale_detects_a_changed_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    export.export(tmp_path)
+    assert export.stale(tmp_path) == []
+    path = tmp_path / "dead-letter.schema.json"
+    path.write_text(path.read_text().replace("reason", "cause"))
+    assert export.stale(tmp_path) == ["dead-letter.schema.json"]
