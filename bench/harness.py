@@ -111,7 +111,7 @@ def record(name: str, **figures: Any) -> float:
 
     Returns the ratio ours / baseline.
     """
-    ratio = figures["ours"] / figures["baseline"]
+    ratio = float(figures["ours"]) / float(figures["baseline"])
     extras = " ".join(f"{k}={v}" for k, v in figures.items() if k not in ("ours", "baseline"))
     print(f"{name}: ours {figures['ours']:,.0f} rec/s, baseline {figures['baseline']:,.0f} "
           f"rec/s, ratio {ratio:.3f}  ({extras})", flush=True)
