@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,8 +49,8 @@ async def bootstrap_servers(settings: Settings) -> str:
         await wait_for_kafka(servers, timeout=5.0)
     except (ConfigError, StackError) as exc:
         reason = str(exc).splitlines()[0]
-        print(f"bench: Kafka is not reachable ({reason}); run `dashpipe up` first",
-              file=sys.stderr)
+        hint = "" if "dashpipe up" in reason else "; run `dashpipe up` first"
+        print(f"bench: Kafka is not reachable: {reason}{hint}", file=sys.stderr)
         raise SystemExit(2) from None
     return servers
 
@@ -72,12 +73,26 @@ async def scratch_topic(servers: str, settings: Settings, kind: str) -> AsyncIte
         for err in resp.to_object()["topic_errors"]:
             if err["error_code"] != 0:
                 raise RuntimeError(f"creating topic {name}: {err['error_message']}")
+        await _wait_for_leaders(admin, name)
         log.info("created topic %s (%d partitions, like %s)", name, spec.partitions, raw)
         try:
             yield name
         finally:
             await admin.delete_topics([name])
             log.info("deleted topic %s", name)
+
+
+async def _wait_for_leaders(admin: Any, topic: str, timeout: float = 15.0) -> None:
+    """Wait until every partition of a new topic has a leader, so no send meets a retry."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = (await admin.describe_topics([topic]))[0]
+        parts = meta["partitions"]
+        if meta["error_code"] == 0 and parts and all(
+                p["error_code"] == 0 and p["leader"] >= 0 for p in parts):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has partitions without a leader after {timeout:.0f}s")
 
 
 async def java_tool(settings: Settings, main_class: str, *args: str,

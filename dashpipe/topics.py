@@ -85,9 +85,10 @@ async def create_all(admin: Any, specs: list[TopicSpec]) -> dict[str, str]:
             for s in missing
         ])
         for err in resp.to_object()["topic_errors"]:
-            if err["error_code"] not in (0, 36):  # 36: created meanwhile by someone else
+            if err["error_code"] == 0:
+                outcome[err["topic"]] = "created"
+            elif err["error_code"] != 36:  # 36: it exists (created meanwhile, or metadata lag)
                 raise RuntimeError(f"creating topic {err['topic']}: {err['error_message']}")
-            outcome[err["topic"]] = "created"
     for spec in specs:
         if spec.name in outcome:
             continue

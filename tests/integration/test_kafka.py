@@ -65,6 +65,14 @@ async def test_catalogue_is_created_with_its_config_and_idempotent(settings: Set
         assert rows[names.pipelines]["partitions"] == settings.topics.control_partitions
 
 
+async def _config_becomes(admin: object, topic: str, key: str, value: str) -> None:
+    """Config changes reach `describe_configs` a moment after they were accepted."""
+    deadline = time.monotonic() + 15
+    while (await topics.describe_config(admin, topic))[key] != value:
+        assert time.monotonic() < deadline, f"{topic} {key} never became {value}"
+        await asyncio.sleep(0.1)
+
+
 async def test_drifted_config_is_aligned(settings: Settings) -> None:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -74,7 +82,7 @@ async def test_drifted_config_is_aligned(settings: Settings) -> None:
     async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, raw,
                                                   configs={"retention.ms": "1000"})])
-        assert (await topics.describe_config(admin, raw))["retention.ms"] == "1000"
+        await _config_becomes(admin, raw, "retention.ms", "1000")
         outcome = await topics.create_all(admin, specs)
         assert outcome[raw] == "updated"
-        assert (await topics.describe_config(admin, raw))["retention.ms"] == "-1"
+        await _config_becomes(admin, raw, "retention.ms", "-1")
