@@ -104,16 +104,13 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from dashpipe.app import ROLES, Context, run
-    from dashpipe.topics import TopicNames
+    from dashpipe.app import ROLES, run
 
     roles = args.roles or list(ROLES)
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise DashpipeError(f"unknown role {unknown[0]!r}; roles are: {', '.join(ROLES)}")
-    names = TopicNames.from_prefix(settings.topics.prefix)
-    ctx = Context(settings, stack.endpoints(settings), names)
-    run(ctx, roles, loglevel=args.log_level)
+    run(settings, stack.endpoints(settings).bootstrap_servers, roles, loglevel=args.log_level)
     return 0
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from dashpipe.errors import Unavailable
 from dashpipe.settings import KafkaSettings
 
 
@@ -55,3 +57,20 @@ async def started(client: Any) -> AsyncIterator[Any]:
         yield client
     finally:
         await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+
+
+async def partitions(client: Any, *topics: str, timeout: float = 15.0) -> list[TopicPartition]:
+    """Every partition of `topics`, from a fresh metadata request (a consumer's own view
+    covers only what it already reads), waiting up to `timeout` for just-created topics."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        cluster = await client._client.fetch_all_metadata()
+        found = {t: cluster.partitions_for_topic(t) for t in topics}
+        if all(found.values()):
+            return [TopicPartition(t, p) for t in topics for p in sorted(found[t])]
+        if loop.time() > deadline:
+            missing = [t for t, parts in found.items() if not parts]
+            raise Unavailable(f"topic {', '.join(missing)} does not exist: run "
+                              "`dashpipe topics create`")
+        await asyncio.sleep(0.2)

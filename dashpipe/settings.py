@@ -6,7 +6,8 @@ Secrets are `SecretStr`; their repr never shows the value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hmac
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -73,6 +74,46 @@ class WebSettings(BaseSettings):
     port: int = Field(default=8080, ge=0, lt=65536, description="0: any free port")
 
 
+class ApiSettings(BaseSettings):
+    """Who may use the management API: bearer tokens mapped to teams, and one admin token."""
+
+    model_config = _config("DASHPIPE_")
+
+    api_tokens: dict[SecretStr, str] = Field(
+        default_factory=dict, description="JSON object: token -> team id")
+    admin_token: SecretStr | None = None
+
+    def team_for(self, token: str) -> str | None:
+        """The team of a token; `ADMIN` for the admin token; None when unknown."""
+        if self.admin_token is not None and hmac.compare_digest(
+                token.encode(), self.admin_token.get_secret_value().encode()):
+            return ADMIN
+        return self.api_tokens.get(SecretStr(token))
+
+
+ADMIN = "*admin*"
+
+
+class WebhookSettings(BaseSettings):
+    model_config = _config("DASHPIPE_WEBHOOK_")
+
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    tolerance_seconds: float = Field(default=300.0, gt=0)
+    dedup_seconds: float = Field(default=600.0, gt=0)
+    ack_timeout_seconds: float = Field(default=5.0, gt=0,
+                                       description="answer 503 when Kafka has not acked by then")
+
+
+class PollSettings(BaseSettings):
+    model_config = _config("DASHPIPE_POLL_")
+
+    retry_base_seconds: float = Field(default=60.0, gt=0)
+    retry_cap_seconds: float = Field(default=3600.0, gt=0)
+    attempts_per_run: int = Field(default=3, ge=1)
+    tick_seconds: float = Field(default=0.25, gt=0)
+    concurrency: int = Field(default=64, gt=0)
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings
@@ -80,6 +121,9 @@ class Settings:
     topics: TopicSettings
     stack: StackSettings
     web: WebSettings
+    api: ApiSettings = field(default_factory=ApiSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    poll: PollSettings = field(default_factory=PollSettings)
 
 
 def load_settings() -> Settings:

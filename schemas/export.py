@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.pipeline import Pipeline
+from schemas.pipeline import Pipeline, PipelineStatus
 from schemas.records import DeadLetter, RawMetadata, TransformedRecord
 
 FOLDER = Path(__file__).parent
@@ -21,6 +21,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "transformed-record": TransformedRecord,
     "dead-letter": DeadLetter,
     "pipeline": Pipeline,
+    "pipeline-status": PipelineStatus,
 }
 
 

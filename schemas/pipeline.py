@@ -1,15 +1,25 @@
 """The pipeline definition, as kept (key = id) in the compacted `<prefix>.pipelines` topic.
 
-This is the skeleton every role shares; the ingest, transform and deliver issues give
-`source_config`, `data_mapping` and `sinks` their typed shapes.
+`source_config` is validated against the model of its `source_type`; errors name the full
+path (`source_config.pagination.max_pages`). Secrets inside it are write-only: `public()`
+masks them, and a masked value sent back on update keeps the stored secret.
 """
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 PipelineType = Literal["polling", "realtime", "derived"]
 SourceType = Literal["http_api", "graphql", "webhook", "pipeline"]
@@ -20,11 +30,104 @@ SOURCES_BY_TYPE: dict[str, set[str]] = {
     "realtime": {"webhook"},
     "derived": {"pipeline"},
 }
+MASK = "***"
+SECRET_KEYS = frozenset({"token", "api_key", "password", "webhook_secret", "secret"})
+SECRET_HEADER_WORDS = ("authorization", "token", "key", "secret", "cookie", "signature")
 
 
-class SinkSpec(BaseModel):
+class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class Pagination(_Config):
+    """Follow pages inside one poll: a next cursor (sent as `param`) or a next link (a URL)."""
+
+    type: Literal["cursor", "link"] = "cursor"
+    next_path: str = Field(min_length=1, description="JSON path of the next cursor or link")
+    param: str | None = Field(default=None, description="query param (http_api) or variable "
+                                                        "(graphql) that carries the cursor")
+    max_pages: int = Field(default=10, ge=1, le=1000)
+
+
+class IncrementalCursor(_Config):
+    """A value taken from each poll's last page and put into the next poll's request."""
+
+    path: str = Field(min_length=1, description="JSON path of the value in the response")
+    param: str = Field(min_length=1, description="query param (http_api) or variable (graphql)")
+    initial: str | int | float | None = None
+
+
+class _Auth(_Config):
+    auth_type: Literal["none", "bearer", "api_key", "basic"] = "none"
+    token: str | None = None
+    api_key_header: str = "X-API-Key"
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> _Auth:
+        need = {"bearer": ["token"], "api_key": ["api_key"], "basic": ["username", "password"]}
+        for name in need.get(self.auth_type, []):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required when auth_type is {self.auth_type!r}")
+        return self
+
+
+class HttpApiSource(_Auth):
+    url: str = Field(pattern=r"^https?://", description="http(s) URL to poll")
+    method: Literal["GET", "POST", "PUT", "PATCH"] = "GET"
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    body: Any = None
+    pagination: Pagination | None = None
+    cursor: IncrementalCursor | None = None
+
+
+class GraphQLSource(_Auth):
+    url: str = Field(pattern=r"^https?://")
+    query: str = Field(min_length=1)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    pagination: Pagination | None = None
+    cursor: IncrementalCursor | None = None
+
+
+class WebhookSource(_Config):
+    webhook_secret: str | list[str] = Field(description="one secret, or several for rotation")
+
+    @model_validator(mode="after")
+    def _usable(self) -> WebhookSource:
+        if not self.secrets() or not all(self.secrets()):
+            raise ValueError("webhook_secret must be a non-empty string or list of strings")
+        for i, secret in enumerate(self.secrets()):
+            if secret.startswith("whsec_"):
+                try:
+                    encoded = secret.removeprefix("whsec_")
+                    base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+                except ValueError:
+                    raise ValueError(f"webhook_secret[{i}]: a whsec_ secret must be base64 "
+                                     "after the prefix") from None
+        return self
+
+    def secrets(self) -> list[str]:
+        s = self.webhook_secret
+        return [s] if isinstance(s, str) else list(s)
+
+
+class PipelineSource(_Config):
+    pipeline_id: str = Field(min_length=1, description="the pipeline whose output feeds this one")
+
+
+SOURCE_MODELS: dict[str, type[BaseModel]] = {
+    "http_api": HttpApiSource,
+    "graphql": GraphQLSource,
+    "webhook": WebhookSource,
+    "pipeline": PipelineSource,
+}
+
+
+class SinkSpec(_Config):
     sink_type: str = Field(min_length=1)
     sink_config: dict[str, Any] = Field(default_factory=dict)
 
@@ -36,24 +139,133 @@ class Pipeline(BaseModel):
     team_id: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
     type: PipelineType
-    status: Status = "active"
-    error_message: str | None = None
+    status: Literal["active", "paused"] = Field(
+        default="active", description="what the owner asked for; `error` is runtime status")
     interval_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     source_type: SourceType
     source_config: dict[str, Any] = Field(default_factory=dict)
     data_mapping: dict[str, Any] | None = None
     persist_data: bool = False
     sinks: list[SinkSpec] = Field(default_factory=list)
-    rate_limit_per_minute: int = Field(default=100, ge=1)
+    rate_limit_per_minute: int = Field(default=100, ge=1, le=1_000_000)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
-    @model_validator(mode="after")
-    def _source_fits_type(self) -> Pipeline:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_source(cls, data: Any, handler: ModelWrapValidatorHandler[Pipeline]) -> Pipeline:
+        """Validate `source_config` with its type's model, errors located under it."""
+        errors: list[InitErrorDetails] = []
+        model: Pipeline | None = None
+        try:
+            model = handler(data)
+        except ValidationError as exc:
+            errors += _details(exc)
+        raw = data.get("source_config") if isinstance(data, dict) else None
+        kind = SOURCE_MODELS.get(data.get("source_type", "")) if isinstance(data, dict) else None
+        if kind is not None and isinstance(raw, dict):
+            try:
+                typed = kind.model_validate(raw)
+                if model is not None:
+                    model.source_config = typed.model_dump(mode="json")
+            except ValidationError as exc:
+                errors += _details(exc, prefix=("source_config",))
+        if model is not None:
+            errors += model._fit_errors()
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        assert model is not None
+        return model
+
+    def _fit_errors(self) -> list[InitErrorDetails]:
+        out = []
         allowed = SOURCES_BY_TYPE[self.type]
         if self.source_type not in allowed:
-            raise ValueError(f"source_type {self.source_type!r} does not fit type {self.type!r}; "
-                             f"expected one of {sorted(allowed)}")
+            out.append(_error(("source_type",), self.source_type,
+                              f"source_type {self.source_type!r} does not fit type "
+                              f"{self.type!r}; expected one of {sorted(allowed)}"))
         if self.type == "polling" and self.interval_seconds is None:
-            raise ValueError("interval_seconds is required for a polling pipeline")
-        return self
+            out.append(_error(("interval_seconds",), None,
+                              "interval_seconds is required for a polling pipeline"))
+        return out
+
+    def source(self) -> Any:
+        """The typed source config (`HttpApiSource`, `GraphQLSource`, ...)."""
+        return SOURCE_MODELS[self.source_type].model_validate(self.source_config)
+
+    def public(self) -> dict[str, Any]:
+        """The definition as an API answers it: every secret masked."""
+        masked: dict[str, Any] = mask_secrets(self.model_dump(mode="json"))
+        return masked
+
+
+def _error(loc: tuple[str, ...], value: Any, message: str) -> InitErrorDetails:
+    return InitErrorDetails(type="value_error", loc=loc, input=value, ctx={"error": message})
+
+
+def _details(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[InitErrorDetails]:
+    out: list[InitErrorDetails] = []
+    for e in exc.errors():
+        ctx = e.get("ctx") or {}
+        if e["type"] == "value_error":  # keep the message, drop the exception object
+            message = e["msg"].removeprefix("Value error, ")
+            out.append(_error((*prefix, *map(str, e["loc"])), e["input"], message))
+            continue
+        out.append(InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"],
+                                    ctx=ctx))
+    return out
+
+
+def _secret_header(name: str) -> bool:
+    lower = name.lower()
+    return any(word in lower for word in SECRET_HEADER_WORDS)
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy with every secret value replaced by `***` (keys named like secrets, and the
+    values of headers named like credentials)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if k in SECRET_KEYS and v:
+                out[k] = MASK if isinstance(v, str) else [MASK for _ in v]
+            elif k == "headers" and isinstance(v, dict):
+                out[k] = {h: MASK if _secret_header(h) else hv for h, hv in v.items()}
+            else:
+                out[k] = mask_secrets(v)
+        return out
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def keep_masked(new: Any, old: Any) -> Any:
+    """`new` with every `***` replaced by the value at the same place in `old`, so a client can
+    send back what it read without erasing the secrets it never saw."""
+    if new == MASK:
+        return old
+    if isinstance(new, dict) and isinstance(old, dict):
+        return {k: keep_masked(v, old.get(k)) for k, v in new.items()}
+    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
+        return [keep_masked(n, o) for n, o in zip(new, old, strict=True)]
+    return new
+
+
+class PipelineStatus(BaseModel):
+    """Runtime status of a pipeline, as kept (key = id) in the compacted
+    `<prefix>.pipeline-status` topic: written by the poller that owns the pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline_id: str
+    state: Literal["active", "error"] = "active"
+    error_message: str | None = None
+    last_run_at: datetime | None = None
+    last_success_at: datetime | None = None
+    next_due_at: datetime | None = None
+    cursor: Any = None
+    consecutive_failures: int = Field(default=0, ge=0)
+    attempts_in_run: int = Field(default=0, ge=0)
+    run_started_at: datetime | None = Field(default=None, description="first attempt of the "
+                                            "current due run")
+    updated_at: datetime | None = None

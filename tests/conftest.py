@@ -9,12 +9,16 @@ Each test gets its own topic prefix, consumer-group prefix and database schema.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -84,7 +88,7 @@ def make_settings(ends: Endpoints, tag: str, state_dir: Path | None = None) -> S
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=ends.bootstrap_servers, group_prefix=f"g{tag}"),
         database=DatabaseSettings(url=ends.database_url, schema_name=f"t_{tag}"),
-        topics=TopicSettings(prefix=f"t{tag}", partitions=3, control_partitions=1),
+        topics=TopicSettings(prefix=f"t{tag}", partitions=3, control_partitions=3),
         stack=StackSettings(state_dir=state_dir or ROOT / ".dashpipe"),
         web=WebSettings(port=0),
     )
@@ -122,3 +126,27 @@ async def db(settings: Settings, services: Endpoints) -> AsyncIterator[asyncpg.P
         await pool.close()
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
+
+
+@pytest.fixture
+async def start_roles(settings: Settings) -> AsyncIterator[Any]:
+    """`await start_roles("web", "poll", **overrides)` runs roles in this process (as
+    `dashpipe run` does) against the test's topics; everything stops after the test."""
+    from dashpipe.runtime import Runtime, open_runtime, run_roles
+
+    stack_ = AsyncExitStack()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(*roles: str, **overrides: Any) -> Runtime:
+        s = replace(settings, **overrides)
+        rt = await stack_.enter_async_context(open_runtime(s, s.kafka.bootstrap_servers))
+        tasks.append(asyncio.create_task(run_roles(rt, list(roles))))
+        if "web" in roles:
+            await asyncio.wait_for(rt.web_ready.wait(), 30)
+        return rt
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await stack_.aclose()

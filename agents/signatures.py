@@ -1,0 +1,167 @@
+"""Webhook signature verification: the original scheme and Standard Webhooks.
+
+Original: `x-webhook-signature` is the lowercase hex HMAC-SHA256 of the raw body, keyed with the
+secret's UTF-8 bytes.
+
+Standard Webhooks (https://www.standardwebhooks.com): `webhook-id`, `webhook-timestamp` (unix
+seconds) and `webhook-signature`, a space-separated list of `v1,<base64 HMAC-SHA256>` entries over
+`{id}.{timestamp}.{body}`. A `whsec_<base64>` secret is keyed with its decoded bytes, any other
+secret with its UTF-8 bytes. Any entry matching any secret passes, so a sender and a receiver can
+rotate keys independently.
+
+Pure functions: the caller passes the secrets, the headers, the raw body and the current time.
+Every `SignatureError` message is safe to return to the client: it never holds a secret or the
+expected signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from secrets import token_bytes
+from typing import Literal
+
+from dashpipe.errors import ConfigError, DashpipeError
+
+ORIGINAL_HEADER = "x-webhook-signature"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
+DEFAULT_TOLERANCE = 300.0
+
+
+class SignatureError(DashpipeError):
+    """The request is not signed by a configured secret; the message is safe to show a client."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    scheme: Literal["original", "standard"]
+    webhook_id: str | None  # set for Standard Webhooks, the sender's id for deduplication
+
+
+def verify(
+    secrets: Sequence[str],
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Verified:
+    """Check the request's signature against every secret; raise `SignatureError` if none signs it.
+
+    `headers` may be case-sensitive (a dict) or not (aiohttp's `CIMultiDictProxy`). `now` is unix
+    seconds; a Standard Webhooks timestamp more than `tolerance` seconds away from it is refused.
+    A malformed configured secret (`whsec_` followed by something not base64) is a `ConfigError`.
+    """
+    if not secrets:
+        raise ConfigError("no webhook secret configured")
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if SIGNATURE_HEADER in lowered:
+        return _verify_standard(secrets, lowered, body, now, tolerance)
+    if ORIGINAL_HEADER in lowered:
+        return _verify_original(secrets, lowered[ORIGINAL_HEADER], body)
+    raise SignatureError(
+        "missing signature: send x-webhook-signature or "
+        "webhook-id/webhook-timestamp/webhook-signature")
+
+
+def sign_original(secret: str, body: bytes) -> str:
+    """The `x-webhook-signature` value for `body`: lowercase hex HMAC-SHA256."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def sign_standard(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """One `webhook-signature` entry, `v1,<base64>`, for `body` sent as `webhook_id` at `timestamp`.
+
+    `timestamp` is unix seconds.
+    """
+    digest = _standard_digest(_standard_key(secret), webhook_id, str(timestamp), body)
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def new_secret() -> str:
+    """A fresh Standard Webhooks secret: `whsec_` and the base64 of 24 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(token_bytes(24)).decode("ascii")
+
+
+def _verify_original(secrets: Sequence[str], given: str, body: bytes) -> Verified:
+    presented = given.strip().lower().encode("utf-8", "replace")
+    for secret in secrets:
+        if hmac.compare_digest(sign_original(secret, body).encode("ascii"), presented):
+            return Verified(scheme="original", webhook_id=None)
+    raise SignatureError("signature does not match")
+
+
+def _verify_standard(
+    secrets: Sequence[str], headers: Mapping[str, str], body: bytes, now: float, tolerance: float,
+) -> Verified:
+    webhook_id = headers.get(ID_HEADER, "").strip()
+    timestamp = headers.get(TIMESTAMP_HEADER, "").strip()
+    missing = [name for name, value in ((ID_HEADER, webhook_id), (TIMESTAMP_HEADER, timestamp))
+               if not value]
+    if missing:
+        raise SignatureError(f"missing header: {', '.join(missing)}")
+    if not (timestamp.isascii() and timestamp.isdigit()):
+        raise SignatureError("webhook-timestamp is not an integer (unix seconds)")
+    # very long digit strings are far outside any tolerance; int() would refuse over 4300 digits
+    age = now - (int(timestamp) if len(timestamp) <= 20 else math.inf)
+    if abs(age) > tolerance:
+        direction = "too old" if age > 0 else "too new"
+        raise SignatureError(
+            f"timestamp outside the {_describe(tolerance)} tolerance ({direction})")
+
+    presented = _presented_v1(headers[SIGNATURE_HEADER])
+    if not presented:
+        raise SignatureError("webhook-signature has no v1,<base64> entry")
+    for secret in secrets:
+        expected = _standard_digest(_standard_key(secret), webhook_id, timestamp, body)
+        # no short-circuit on the entries: each comparison is constant time and all are made
+        if any([hmac.compare_digest(expected, candidate) for candidate in presented]):
+            return Verified(scheme="standard", webhook_id=webhook_id)
+    raise SignatureError("signature does not match")
+
+
+def _presented_v1(header: str) -> list[bytes]:
+    """The decoded `v1` signatures of a `webhook-signature` header; other versions are ignored."""
+    found = []
+    for entry in header.split():
+        version, _, encoded = entry.partition(",")
+        if version != "v1":
+            continue
+        try:
+            found.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            continue  # a malformed entry cannot match; another entry may
+    return found
+
+
+def _standard_key(secret: str) -> bytes:
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode()
+    encoded = secret[len(SECRET_PREFIX):]
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("a webhook secret starting with whsec_ is not valid base64") from None
+    if not key:
+        raise ConfigError("a webhook secret starting with whsec_ is empty")
+    return key
+
+
+def _standard_digest(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> bytes:
+    mac = hmac.new(key, f"{webhook_id}.{timestamp}.".encode(), hashlib.sha256)
+    mac.update(body)
+    return mac.digest()
+
+
+def _describe(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)} minute"
+    return f"{seconds:g} second"

@@ -1,0 +1,61 @@
+"""Role `web`: one aiohttp server for the management API, the webhook receiver, health and
+metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from agents.webhooks import Receiver
+from dashpipe import api
+from dashpipe.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def make_app(rt: Runtime) -> web.Application:
+    app = web.Application(middlewares=[api.errors_middleware, api.auth_middleware],
+                          client_max_size=rt.settings.webhook.max_body_bytes + 1)
+    app[api.SERVICE] = rt.service
+    app[api.API_SETTINGS] = rt.settings.api
+    receiver = Receiver(rt.registry, rt.writer.producer, rt.names.raw, rt.settings.webhook,
+                        rt.metrics)
+    app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
+    api.add_routes(app)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return api.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            await asyncio.wait_for(rt.writer.producer.client.fetch_all_metadata(), 3)
+        except Exception as exc:  # any failure here means: not ready
+            return api.error(503, f"Kafka unreachable: {type(exc).__name__}",
+                             {"Retry-After": "5"})
+        return api.json_response({"status": "ready", "pipelines": len(rt.registry.pipelines)})
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=rt.metrics.render(), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def run_web(rt: Runtime) -> None:
+    runner = web.AppRunner(make_app(rt), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    rt.web_url = f"http://{rt.settings.web.host}:{port}"
+    rt.web_ready.set()
+    log.info("web listening on %s", rt.web_url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,122 @@
+"""The webhook receiver: `POST /webhooks/{pipeline_id}` into Bronze.
+
+Checks, in this order: unknown pipeline 404; body over the limit 413 (unread); bad or
+missing signature 401; pipeline not realtime or not active 400; invalid JSON 400 naming the
+position; a Standard Webhooks id seen within the dedup window 202 `duplicate` (not written
+again); over the rate limit 429 with Retry-After (charged only here, after a valid signature);
+Kafka not acking in time 503 with Retry-After; else 202, answered after Kafka acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from agents.dedup import SeenIds
+from agents.signatures import SignatureError, verify
+from dashpipe.api import error, json_error_position, json_response
+from dashpipe.metrics import Metrics
+from dashpipe.ratelimit import RateLimiter
+from dashpipe.registry import Registry
+from dashpipe.settings import WebhookSettings
+from schemas.pipeline import WebhookSource
+from schemas.records import RawMetadata, now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Receiver:
+    registry: Registry
+    producer: AIOKafkaProducer
+    raw_topic: str
+    settings: WebhookSettings
+    metrics: Metrics
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    seen: SeenIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.seen is None:
+            self.seen = SeenIds(ttl=self.settings.dedup_seconds)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        pid = request.match_info["pipeline_id"]
+        pipeline = self.registry.pipelines.get(pid)
+        if pipeline is None:
+            return error(404, f"pipeline {pid!r} not found")
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self._reject(pid, 413, f"body over the {limit} byte limit")
+        body = await _read_limited(request, limit)
+        if body is None:
+            return self._reject(pid, 413, f"body over the {limit} byte limit")
+        if pipeline.source_type != "webhook":
+            return self._reject(pid, 400, f"pipeline {pid!r} is not a realtime (webhook) "
+                                          "pipeline")
+        source: WebhookSource = pipeline.source()
+        try:
+            verified = verify(source.secrets(), request.headers, body, now=time.time(),
+                              tolerance=self.settings.tolerance_seconds)
+        except SignatureError as exc:
+            return self._reject(pid, 401, str(exc))
+        if pipeline.status != "active":
+            return self._reject(pid, 400, f"pipeline {pid!r} is {pipeline.status}")
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return self._reject(pid, 400, json_error_position(exc, body))
+        dedup_key = f"{pid}/{verified.webhook_id}" if verified.webhook_id else None
+        assert self.seen is not None
+        if dedup_key and not self.seen.first(dedup_key):
+            return json_response({"status": "duplicate", "pipeline_id": pid}, 202)
+        wait = self.limiter.take(pid, pipeline.rate_limit_per_minute)
+        if wait > 0:
+            if dedup_key:
+                self.seen.forget(dedup_key)
+            return self._reject(pid, 429, "rate limit exceeded",
+                                {"Retry-After": str(max(1, math.ceil(wait)))})
+        ingest_id = verified.webhook_id or uuid.uuid4().hex
+        meta = RawMetadata(pipeline_id=pid, team_id=pipeline.team_id, source="webhook",
+                           received_at=now(), ingest_id=ingest_id,
+                           content_type=request.content_type or "application/json")
+        try:
+            await asyncio.wait_for(self.producer.send_and_wait(
+                self.raw_topic, body, key=pid.encode(), headers=meta.to_headers(),
+                timestamp_ms=int(meta.received_at.timestamp() * 1000)),
+                self.settings.ack_timeout_seconds)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("webhook for %s not written: %s", pid, type(exc).__name__)
+            if dedup_key:
+                self.seen.forget(dedup_key)
+            return self._reject(pid, 503, "Kafka is unavailable, retry later",
+                                {"Retry-After": "5"})
+        self.metrics.inc("dashpipe_received_total", pipeline_id=pid)
+        return json_response({"status": "received", "pipeline_id": pid,
+                              "ingest_id": ingest_id}, 202)
+
+    def _reject(self, pid: str, status: int, message: str,
+                headers: dict[str, str] | None = None) -> web.Response:
+        self.metrics.inc("dashpipe_failed_total", pipeline_id=pid, stage="webhook",
+                         code=str(status))
+        return error(status, message, headers)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes `limit` bytes (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,147 @@
+"""The management API (role `web`): `/api/pipelines` CRUD, pause and resume, team-scoped by
+bearer token. Every error is JSON `{"error": ...}` with the right 4xx; secrets never leave."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from dashpipe.errors import Unavailable
+from dashpipe.pipelines import Conflict, Invalid, NotFound, PipelineService
+from dashpipe.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SERVICE = web.AppKey("service", PipelineService)
+API_SETTINGS = web.AppKey("api_settings", ApiSettings)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None,
+          **extra: Any) -> web.Response:
+    return json_response({"error": message, **extra}, status, headers)
+
+
+def json_error_position(exc: orjson.JSONDecodeError, body: bytes) -> str:
+    """'invalid JSON at line L column C (char P)' for the byte position orjson reports."""
+    pos = exc.pos
+    line = body.count(b"\n", 0, pos) + 1
+    column = pos - (body.rfind(b"\n", 0, pos) + 1) + 1
+    return f"invalid JSON at line {line} column {column} (char {pos})"
+
+
+async def read_json(request: web.Request) -> Any:
+    body = await request.read()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(
+            text=orjson.dumps({"error": json_error_position(exc, body)}).decode(),
+            content_type="application/json") from None
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map known failures to 4xx/503; anything else is logged and answered without details."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        return error(exc.status, exc.reason, headers=dict(exc.headers) if exc.status == 405
+                     else None)
+    except Invalid as exc:
+        return error(422, "invalid pipeline", errors=exc.errors)
+    except NotFound as exc:
+        return error(404, str(exc))
+    except Conflict as exc:
+        return error(409, str(exc))
+    except Unavailable as exc:
+        return error(503, str(exc), headers={"Retry-After": str(int(exc.retry_after) or 1)})
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    team = request.app[API_SETTINGS].team_for(token.strip()) if scheme.lower() == "bearer" \
+        else None
+    if team is None:
+        return error(401, "missing or unknown bearer token",
+                     headers={"WWW-Authenticate": 'Bearer realm="dashpipe"'})
+    request["team"] = team
+    return await handler(request)
+
+
+def _service(request: web.Request) -> PipelineService:
+    return request.app[SERVICE]
+
+
+async def list_pipelines(request: web.Request) -> web.Response:
+    svc = _service(request)
+    return json_response({"pipelines": [svc.view(p) for p in svc.list(request["team"])]})
+
+
+async def create_pipeline(request: web.Request) -> web.Response:
+    svc = _service(request)
+    p = await svc.create(await read_json(request), request["team"])
+    return json_response(svc.view(p), 201, {"Location": f"/api/pipelines/{p.id}"})
+
+
+async def get_pipeline(request: web.Request) -> web.Response:
+    svc = _service(request)
+    return json_response(svc.view(svc.get(request.match_info["id"], request["team"])))
+
+
+async def put_pipeline(request: web.Request) -> web.Response:
+    svc = _service(request)
+    p = await svc.replace(request.match_info["id"], await read_json(request), request["team"])
+    return json_response(svc.view(p))
+
+
+async def patch_pipeline(request: web.Request) -> web.Response:
+    svc = _service(request)
+    p = await svc.patch(request.match_info["id"], await read_json(request), request["team"])
+    return json_response(svc.view(p))
+
+
+async def delete_pipeline(request: web.Request) -> web.Response:
+    await _service(request).delete(request.match_info["id"], request["team"])
+    return web.Response(status=204)
+
+
+async def pause_pipeline(request: web.Request) -> web.Response:
+    svc = _service(request)
+    p = await svc.set_status(request.match_info["id"], request["team"], "paused")
+    return json_response(svc.view(p))
+
+
+async def resume_pipeline(request: web.Request) -> web.Response:
+    svc = _service(request)
+    p = await svc.set_status(request.match_info["id"], request["team"], "active")
+    return json_response(svc.view(p))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/pipelines", list_pipelines)
+    app.router.add_post("/api/pipelines", create_pipeline)
+    app.router.add_get("/api/pipelines/{id}", get_pipeline)
+    app.router.add_put("/api/pipelines/{id}", put_pipeline)
+    app.router.add_patch("/api/pipelines/{id}", patch_pipeline)
+    app.router.add_delete("/api/pipelines/{id}", delete_pipeline)
+    app.router.add_post("/api/pipelines/{id}/pause", pause_pipeline)
+    app.router.add_post("/api/pipelines/{id}/resume", resume_pipeline)

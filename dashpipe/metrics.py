@@ -1,0 +1,56 @@
+"""Counters and latency summaries, rendered as Prometheus text. No dependency, no globals:
+each process makes one `Metrics` and hands it to the roles."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+HELP = {
+    "dashpipe_received_total": ("counter", "Webhook payloads written to Bronze"),
+    "dashpipe_polled_total": ("counter", "Poll pages written to Bronze"),
+    "dashpipe_failed_total": ("counter", "Failed polls and rejected webhooks"),
+    "dashpipe_poll_seconds": ("summary", "Duration of a poll, fetch to Kafka ack"),
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+        self._sums: dict[str, dict[tuple[tuple[str, str], ...], list[float]]] = defaultdict(dict)
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        series = self._counters[name]
+        series[key] = series.get(key, 0.0) + amount
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        sc = self._sums[name].setdefault(key, [0.0, 0.0])
+        sc[0] += seconds
+        sc[1] += 1
+
+    def value(self, name: str, **labels: str) -> float:
+        return self._counters[name].get(tuple(sorted(labels.items())), 0.0)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for name in sorted(set(self._counters) | set(self._sums)):
+            kind, text = HELP.get(name, ("untyped", name))
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            for key, value in sorted(self._counters.get(name, {}).items()):
+                lines.append(f"{name}{_labels(key)} {value:g}")
+            for key, (total, count) in sorted(self._sums.get(name, {}).items()):
+                lines.append(f"{name}_sum{_labels(key)} {total:.6f}")
+                lines.append(f"{name}_count{_labels(key)} {count:g}")
+        return "\n".join(lines) + "\n"
+
+
+def _labels(key: tuple[tuple[str, str], ...]) -> str:
+    if not key:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in key)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

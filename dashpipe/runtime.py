@@ -1,0 +1,82 @@
+"""What the roles of one process share: the registry, one idempotent producer, one HTTP
+client session and the metrics; started once, stopped once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from dashpipe import kafka
+from dashpipe.metrics import Metrics
+from dashpipe.pipelines import PipelineService
+from dashpipe.registry import Registry, RegistryWriter
+from dashpipe.settings import Settings
+from dashpipe.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    bootstrap: str
+    names: TopicNames
+    registry: Registry
+    writer: RegistryWriter
+    service: PipelineService
+    http: aiohttp.ClientSession
+    metrics: Metrics = field(default_factory=Metrics)
+    web_url: str | None = None
+    web_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def group(self, role: str) -> str:
+        return f"{self.settings.kafka.group_prefix}-{role}"
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, bootstrap: str) -> AsyncIterator[Runtime]:
+    names = TopicNames.from_prefix(settings.topics.prefix)
+    registry = Registry(bootstrap, settings.kafka, names)
+    producer = kafka.producer(bootstrap, settings.kafka)
+    await producer.start()
+    try:
+        await registry.start()
+        try:
+            await asyncio.wait_for(registry.ready.wait(), 60)
+            writer = RegistryWriter(producer, registry)
+            async with aiohttp.ClientSession() as http:
+                yield Runtime(settings, bootstrap, names, registry, writer,
+                              PipelineService(registry, writer), http)
+        finally:
+            await registry.stop()
+    finally:
+        await producer.stop()
+
+
+RoleMain = Callable[[Runtime], Awaitable[None]]
+
+
+def role_mains() -> dict[str, RoleMain]:
+    """Role name -> its main coroutine (imported here, so a process loads only what it runs)."""
+    from agents.poller import run_poller
+    from agents.web import run_web
+
+    async def idle(rt: Runtime) -> None:  # filled in by the transform / persist / deliver issues
+        await asyncio.Event().wait()
+
+    return {"web": run_web, "poll": run_poller, "map": idle, "persist": idle, "deliver": idle}
+
+
+async def run_roles(rt: Runtime, roles: list[str]) -> None:
+    mains = role_mains()
+
+    async def one(role: str) -> None:
+        log.info("role %s ready (group %s)", role, rt.group(role))
+        await mains[role](rt)
+
+    await asyncio.gather(*(one(role) for role in roles))
