@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -25,13 +27,15 @@ from agents.schedule import Policy, after_failure, after_success
 from agents.sources import SOURCES
 from agents.sources.base import FetchResult, SourceError
 from dashpipe import kafka
+from dashpipe.errors import ConfigError, DashpipeError
 from dashpipe.runtime import Runtime
-from schemas.pipeline import Pipeline, PipelineStatus
+from schemas.pipeline import MASK, SECRET_HEADER_WORDS, Pipeline, PipelineStatus
 from schemas.records import RawMetadata, now
 
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=65536)
 def partition_of(pipeline_id: str, partitions: int) -> int:
     """The partition the default partitioner gives this key (as the producer does)."""
     hashed: int = murmur2(pipeline_id.encode())
@@ -45,6 +49,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
         self.partitions = 0
         self.running: dict[str, asyncio.Task[None]] = {}
         self.due_now: set[str] = set()
+        self.forced: set[str] = set()  # started by due_now, not by the schedule
         self.slots = asyncio.Semaphore(rt.settings.poll.concurrency)
         ps = rt.settings.poll
         self.policy = Policy(ps.retry_base_seconds, ps.retry_cap_seconds, ps.attempts_per_run)
@@ -81,8 +86,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
             if partition_of(pid, self.partitions) not in self.owned:
                 continue
             st = self.rt.registry.status.get(pid)
-            if pid in self.due_now or st is None or st.next_due_at is None \
-                    or st.next_due_at <= at:
+            if pid in self.due_now or st is None or _due_at(p, st) <= at:
                 out.append(p)
         return out
 
@@ -98,7 +102,9 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
             try:
                 while True:
                     for p in self.due():
-                        self.due_now.discard(p.id)
+                        if p.id in self.due_now:
+                            self.due_now.discard(p.id)
+                            self.forced.add(p.id)
                         self.running[p.id] = asyncio.create_task(self._poll(p))
                     await asyncio.sleep(rt.settings.poll.tick_seconds)
             finally:
@@ -126,14 +132,16 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
         rt = self.rt
         old = rt.registry.status.get(p.id)
         started = now()
+        due = _due_at(p, old) if old is not None and p.id not in self.forced else started
+        self.forced.discard(p.id)
         clock = time.perf_counter()
         interval = float(p.interval_seconds or 60)
         try:
             result: FetchResult = await SOURCES[p.source_type].fetch(
                 p.source(), old.cursor if old else None, rt.http)
             await self._write_pages(p, result)
-        except (SourceError, KafkaError, TimeoutError) as exc:
-            message = str(exc) if isinstance(exc, SourceError) else \
+        except (SourceError, ConfigError, KafkaError, TimeoutError) as exc:
+            message = str(exc) if isinstance(exc, DashpipeError) else \
                 f"Kafka unavailable: {type(exc).__name__}"
             retry_after = exc.retry_after if isinstance(exc, SourceError) else None
             failures = (old.consecutive_failures if old else 0) + 1
@@ -156,7 +164,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
             rt.metrics.inc("dashpipe_polled_total", len(result.pages), pipeline_id=p.id)
             status = PipelineStatus(
                 pipeline_id=p.id, state="active", last_run_at=started, last_success_at=now(),
-                next_due_at=after_success(started, now(), interval), cursor=result.cursor,
+                next_due_at=after_success(due, started, now(), interval), cursor=result.cursor,
                 updated_at=now())
         if p.id in rt.registry.pipelines:  # not deleted meanwhile
             with contextlib.suppress(KafkaError):
@@ -178,10 +186,24 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
                                / 1000)
 
 
+def _due_at(p: Pipeline, st: PipelineStatus) -> datetime:
+    """The stored due time; after a success, an interval shortened since applies at once."""
+    if st.next_due_at is None or st.last_run_at is None:
+        return datetime.min.replace(tzinfo=UTC)
+    if st.state == "active":
+        return min(st.next_due_at, st.last_run_at + timedelta(seconds=p.interval_seconds or 60))
+    return st.next_due_at
+
+
 def _public_url(url: str) -> str:
-    """The URL without user info (credentials never go into record metadata)."""
-    return str(URL(url).with_user(None))
+    """The URL without user info, and with query values named like credentials masked:
+    secrets never go into record metadata."""
+    parsed = URL(url).with_user(None)
+    query = [(k, MASK if any(w in k.lower() for w in SECRET_HEADER_WORDS) else v)
+             for k, v in parsed.query.items()]
+    return str(parsed.with_query(query) if query else parsed)
 
 
 async def run_poller(rt: Runtime) -> None:
-    await Poller(rt).run()
+    poller = rt.roles["poll"] = Poller(rt)
+    await poller.run()

@@ -1,6 +1,7 @@
 """When a pipeline polls next: pure functions of the clock, the interval and past failures.
 
-- success: `started + interval` (or now, if that has passed already);
+- success: `due + interval`, keeping the cadence however late the tick started the poll;
+  `started + interval` when that time has passed already (after downtime, a slow poll);
 - failure: the first retry after `base` seconds (60 by default, as the original system did),
   doubling with every consecutive failure up to `cap`; a `Retry-After` from the API wins when
   it is longer;
@@ -21,8 +22,10 @@ class Policy:
     attempts_per_run: int = 3
 
 
-def after_success(started: datetime, now: datetime, interval: float) -> datetime:
-    return max(started + timedelta(seconds=interval), now)
+def after_success(due: datetime, started: datetime, now: datetime,
+                  interval: float) -> datetime:
+    step = timedelta(seconds=interval)
+    return due + step if due + step > now else started + step
 
 
 def after_failure(policy: Policy, run_started: datetime, now: datetime, interval: float,

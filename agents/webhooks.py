@@ -16,14 +16,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from agents.dedup import SeenIds
 from agents.signatures import SignatureError, verify
-from dashpipe.api import error, json_error_position, json_response
+from dashpipe import jsonio
+from dashpipe.api import error, json_response
 from dashpipe.metrics import Metrics
 from dashpipe.ratelimit import RateLimiter
 from dashpipe.registry import Registry
@@ -71,9 +71,9 @@ class Receiver:
         if pipeline.status != "active":
             return self._reject(pid, 400, f"pipeline {pid!r} is {pipeline.status}")
         try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return self._reject(pid, 400, json_error_position(exc, body))
+            jsonio.loads(body)
+        except jsonio.InvalidJson as exc:
+            return self._reject(pid, 400, str(exc))
         dedup_key = f"{pid}/{verified.webhook_id}" if verified.webhook_id else None
         assert self.seen is not None
         if dedup_key and not self.seen.first(dedup_key):

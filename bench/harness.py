@@ -8,27 +8,32 @@ across runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from aiokafka.admin import NewTopic
 
 from dashpipe import kafka
 from dashpipe.errors import ConfigError, StackError
-from dashpipe.settings import Settings
+from dashpipe.settings import Settings, TopicSettings
 from dashpipe.stack import endpoints, wait_for_kafka
 from dashpipe.stack.kafka import JAVA_HINT, classpath, need
-from dashpipe.topics import TopicNames, catalogue
+from dashpipe.topics import TopicNames, catalogue, create_all
 
 log = logging.getLogger("bench")
 
@@ -121,15 +126,18 @@ def _commit() -> str | None:
     return done.stdout.strip() or None
 
 
-def record(name: str, **figures: Any) -> float:
-    """Print one human line and append one JSON line; `ours`/`baseline` are records/s.
+def record(name: str, *, unit: str = "rec/s", **figures: Any) -> float:
+    """Print one human line and append one JSON line; `ours`/`baseline` are in `unit`
+    (records/s unless said otherwise; higher is better).
 
     Returns the ratio ours / baseline.
     """
     ratio = float(figures["ours"]) / float(figures["baseline"])
     extras = " ".join(f"{k}={v}" for k, v in figures.items() if k not in ("ours", "baseline"))
-    print(f"{name}: ours {figures['ours']:,.0f} rec/s, baseline {figures['baseline']:,.0f} "
-          f"rec/s, ratio {ratio:.3f}  ({extras})", flush=True)
+    print(f"{name}: ours {figures['ours']:,.0f} {unit}, baseline {figures['baseline']:,.0f} "
+          f"{unit}, ratio {ratio:.3f}  ({extras})", flush=True)
+    if unit != "rec/s":
+        figures = {**figures, "unit": unit}
     line = {"ts": datetime.now(UTC).isoformat(timespec="seconds"), "bench": name,
             "commit": _commit(), "cores": os.cpu_count(), "figures": figures,
             "ratio": round(ratio, 4)}
@@ -137,3 +145,169 @@ def record(name: str, **figures: Any) -> float:
     with path.open("ab") as out:
         out.write(orjson.dumps(line) + b"\n")
     return ratio
+
+
+# --- processes, ports and scratch topic sets (the benchmarks that run our roles) ------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def dashpipe_command(*args: str) -> list[str]:
+    """The `dashpipe` console script's entry point, run by this interpreter (no shim between,
+    so the child's pid is the process doing the work)."""
+    return [sys.executable, "-m", "dashpipe.cli", *args]
+
+
+def bench_script(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(BENCH_DIR / name), *args]
+
+
+class Child:
+    """A subprocess in its own process group, its output in a temporary log file."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.name, self.proc, self.log_path = name, proc, log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self, tail: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise RuntimeError(f"{self.name} exited with {code}:\n{self.output()}")
+
+    async def wait_for_output(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output(tail=1 << 20):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not print {text!r} within {timeout:.0f}s:"
+                                   f"\n{self.output()}")
+            await asyncio.sleep(0.1)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the child's process group, SIGKILL it after `grace` seconds."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # leftovers of the group, if any
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def child(name: str, cmd: list[str], env: Mapping[str, str] | None = None) -> Iterator[Child]:
+    """Start `cmd` (cwd: the project) and always stop it and its group on the way out."""
+    fd, path = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
+    log_path = Path(path)
+    try:
+        proc = subprocess.Popen(cmd, cwd=BENCH_DIR.parent, env={**os.environ, **(env or {})},
+                                stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        os.close(fd)
+    running = Child(name, proc, log_path)
+    log.info("started %s (pid %d): %s", name, proc.pid, " ".join(cmd[1:]))
+    try:
+        yield running
+    finally:
+        running.stop()
+        if os.environ.get("DASHPIPE_BENCH_KEEP_LOGS"):
+            log.info("%s log kept: %s", name, log_path)
+        else:
+            log_path.unlink(missing_ok=True)
+
+
+async def wait_http(url: str, proc: Child, timeout: float = 60.0) -> None:
+    """Until `url` answers 2xx; fails early (with its output) when `proc` exits."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            proc.check_alive()
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status < 300:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout:.0f}s:\n"
+                                   f"{proc.output()}")
+            await asyncio.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_env(servers: str, prefix: str, **extra: str) -> dict[str, str]:
+    """The environment of a dashpipe role measured on its own prefix (topics and groups)."""
+    return {"DASHPIPE_KAFKA_BOOTSTRAP_SERVERS": servers, "DASHPIPE_TOPIC_PREFIX": prefix,
+            "DASHPIPE_KAFKA_GROUP_PREFIX": prefix, **extra}
+
+
+@asynccontextmanager
+async def scratch_prefix(servers: str, settings: Settings, kind: str) -> AsyncIterator[str]:
+    """A fresh topic prefix with the whole catalogue created (as `dashpipe topics create`
+    does); every topic of it deleted afterwards, with the topics faust's leader assignor
+    creates for apps on the same group prefix (`<prefix>-app-<roles>-__assignor-__leader`)."""
+    prefix = unique(kind)
+    ts = TopicSettings(prefix=prefix, partitions=settings.topics.partitions,
+                       control_partitions=settings.topics.control_partitions,
+                       replication_factor=settings.topics.replication_factor)
+    specs = catalogue(ts)
+    async with kafka.started(kafka.admin(servers, settings.kafka)) as admin:
+        try:
+            await create_all(admin, specs)
+            for spec in specs:
+                await _wait_for_leaders(admin, spec.name)
+            log.info("created the topics of prefix %s", prefix)
+            yield prefix
+        finally:
+            existing = set(await admin.list_topics())
+            ours = {s.name for s in specs}
+            doomed = [t for t in existing if t in ours or t.startswith(f"{prefix}-app-")]
+            if doomed:
+                await admin.delete_topics(doomed)
+            log.info("deleted the topics of prefix %s", prefix)
+
+
+@asynccontextmanager
+async def topic_counter(servers: str, settings: Settings,
+                        topic: str) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """`await count()`: the records in `topic` now, the sum of its partitions' end offsets
+    (one consumer kept open, so each call is one ListOffsets request)."""
+    consumer = kafka.consumer(servers, settings.kafka, group_id=None,
+                              isolation_level="read_uncommitted")
+    async with kafka.started(consumer):
+        tps = await kafka.partitions(consumer, topic)
+
+        async def count() -> int:
+            return sum((await consumer.end_offsets(tps)).values())
+
+        yield count
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat; the busy share of an
+    interval is the difference of two readings."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return float(sum(values) - idle), float(sum(values))

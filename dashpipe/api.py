@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dashpipe import jsonio
 from dashpipe.errors import Unavailable
 from dashpipe.pipelines import Conflict, Invalid, NotFound, PipelineService
 from dashpipe.settings import ApiSettings
@@ -32,22 +33,12 @@ def error(status: int, message: str, headers: dict[str, str] | None = None,
     return json_response({"error": message, **extra}, status, headers)
 
 
-def json_error_position(exc: orjson.JSONDecodeError, body: bytes) -> str:
-    """'invalid JSON at line L column C (char P)' for the byte position orjson reports."""
-    pos = exc.pos
-    line = body.count(b"\n", 0, pos) + 1
-    column = pos - (body.rfind(b"\n", 0, pos) + 1) + 1
-    return f"invalid JSON at line {line} column {column} (char {pos})"
-
-
 async def read_json(request: web.Request) -> Any:
-    body = await request.read()
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(
-            text=orjson.dumps({"error": json_error_position(exc, body)}).decode(),
-            content_type="application/json") from None
+        return jsonio.loads(await request.read())
+    except jsonio.InvalidJson as exc:
+        raise web.HTTPBadRequest(text=orjson.dumps({"error": str(exc)}).decode(),
+                                 content_type="application/json") from None
 
 
 @web.middleware

@@ -35,6 +35,7 @@ class Registry:
         self._positions: dict[TopicPartition, int] = {}
         self._moved = asyncio.Condition()
         self._listeners: list[Listener] = []
+        self.own_status: dict[str, bytes] = {}  # status this process wrote, not yet read back
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -89,6 +90,8 @@ class Registry:
                     listener(pid, old, new)
             elif value is None:
                 self.status.pop(pid, None)
+            elif self.own_status.get(pid) == value:
+                del self.own_status[pid]  # our own write: the view has it already
             else:
                 self.status[pid] = PipelineStatus.model_validate_json(value)
         except ValidationError as exc:  # written by another version: skip it, never stall
@@ -129,6 +132,7 @@ class RegistryWriter:
 
     async def put_status(self, status: PipelineStatus) -> None:
         """Write the status; the local view changes at once (the writer owns the pipeline)."""
+        value = status.model_dump_json().encode()
         self.registry.status[status.pipeline_id] = status
-        await self._write(self.registry.names.status, status.pipeline_id,
-                          status.model_dump_json().encode(), wait=False)
+        self.registry.own_status[status.pipeline_id] = value
+        await self._write(self.registry.names.status, status.pipeline_id, value, wait=False)

@@ -33,6 +33,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     web_url: str | None = None
     web_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    roles: dict[str, object] = field(default_factory=dict)  # role -> its running object
 
     def group(self, role: str) -> str:
         return f"{self.settings.kafka.group_prefix}-{role}"

@@ -16,10 +16,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails
+
+from dashpipe.jsonpath import compile_path
 
 PipelineType = Literal["polling", "realtime", "derived"]
 SourceType = Literal["http_api", "graphql", "webhook", "pipeline"]
@@ -35,6 +39,11 @@ SECRET_KEYS = frozenset({"token", "api_key", "password", "webhook_secret", "secr
 SECRET_HEADER_WORDS = ("authorization", "token", "key", "secret", "cookie", "signature")
 
 
+def _valid_path(path: str) -> str:
+    compile_path(path)  # raises ValueError naming the position
+    return path
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +57,15 @@ class Pagination(_Config):
                                                         "(graphql) that carries the cursor")
     max_pages: int = Field(default=10, ge=1, le=1000)
 
+    _path = field_validator("next_path")(lambda cls, v: _valid_path(v))
+
+    @model_validator(mode="after")
+    def _cursor_needs_param(self) -> Pagination:
+        if self.type == "cursor" and not self.param:
+            raise ValueError("param is required for cursor pagination: the query param or "
+                             "variable that carries the next cursor")
+        return self
+
 
 class IncrementalCursor(_Config):
     """A value taken from each poll's last page and put into the next poll's request."""
@@ -55,6 +73,8 @@ class IncrementalCursor(_Config):
     path: str = Field(min_length=1, description="JSON path of the value in the response")
     param: str = Field(min_length=1, description="query param (http_api) or variable (graphql)")
     initial: str | int | float | None = None
+
+    _path = field_validator("path")(lambda cls, v: _valid_path(v))
 
 
 class _Auth(_Config):
@@ -150,6 +170,7 @@ class Pipeline(BaseModel):
     rate_limit_per_minute: int = Field(default=100, ge=1, le=1_000_000)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    _source: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -190,8 +211,12 @@ class Pipeline(BaseModel):
         return out
 
     def source(self) -> Any:
-        """The typed source config (`HttpApiSource`, `GraphQLSource`, ...)."""
-        return SOURCE_MODELS[self.source_type].model_validate(self.source_config)
+        """The typed source config (`HttpApiSource`, `GraphQLSource`, ...), parsed once."""
+        cached = self._source
+        if cached is None or cached[0] is not self.source_config:
+            typed = SOURCE_MODELS[self.source_type].model_validate(self.source_config)
+            cached = self._source = (self.source_config, typed)
+        return cached[1]
 
     def public(self) -> dict[str, Any]:
         """The definition as an API answers it: every secret masked."""

@@ -24,6 +24,7 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from dashpipe import jsonio
 from dashpipe.errors import ConfigError, DashpipeError
 from dashpipe.jsonpath import MISSING, JsonPath, compile_path
 from schemas.pipeline import MASK, SECRET_HEADER_WORDS
@@ -171,21 +172,11 @@ async def fetch_page(session: aiohttp.ClientSession, request: Request, url: URL,
 
 
 def parse_json(body: bytes) -> Any:
-    """The parsed body; else a `SourceError` with the line, column and character offset
-    (orjson's offset counts characters; invalid UTF-8 is located at its first bad byte)."""
+    """The parsed body; else a `SourceError` naming where the JSON broke."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        pos = exc.pos
-        try:
-            text = body.decode()
-        except UnicodeDecodeError as bad:
-            text = body[:bad.start].decode()
-            pos = len(text)
-        pos = min(pos, len(text))
-        line = text.count("\n", 0, pos) + 1
-        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        raise SourceError(f"invalid JSON at line {line} column {column} (char {pos})") from None
+        return jsonio.loads(body)
+    except jsonio.InvalidJson as exc:
+        raise SourceError(str(exc)) from None
 
 
 def retry_after(value: str | None) -> float | None:

@@ -11,8 +11,10 @@ def s(seconds: float) -> timedelta:
 
 
 def test_success_keeps_the_cadence() -> None:
-    assert after_success(T0, T0 + s(2), 30) == T0 + s(30)
-    assert after_success(T0, T0 + s(45), 30) == T0 + s(45)  # overran: due now
+    # due at T0, started late at T0+0.2: next due T0+30, not T0+30.2 (no drift)
+    assert after_success(T0, T0 + s(0.2), T0 + s(2), 30) == T0 + s(30)
+    # overran (or came back after downtime): the next interval counts from the start
+    assert after_success(T0, T0 + s(100), T0 + s(101), 30) == T0 + s(130)
 
 
 def test_first_retry_after_60s_then_doubling_up_to_the_cap() -> None:
