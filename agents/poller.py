@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
@@ -20,13 +19,13 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from yarl import URL
 
 from agents.schedule import Policy, after_failure, after_success
 from agents.sources import SOURCES
 from agents.sources.base import FetchResult, SourceError
 from dashpipe import kafka
+from dashpipe.batcher import partition_for
 from dashpipe.errors import ConfigError, DashpipeError
 from dashpipe.runtime import Runtime
 from schemas.pipeline import MASK, SECRET_HEADER_WORDS, Pipeline, PipelineStatus
@@ -35,11 +34,8 @@ from schemas.records import RawMetadata, now
 log = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=65536)
 def partition_of(pipeline_id: str, partitions: int) -> int:
-    """The partition the default partitioner gives this key (as the producer does)."""
-    hashed: int = murmur2(pipeline_id.encode())
-    return (hashed & 0x7FFFFFFF) % partitions
+    return partition_for(pipeline_id.encode(), partitions)
 
 
 class Poller(ConsumerRebalanceListener):  # type: ignore[misc]

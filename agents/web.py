@@ -9,19 +9,19 @@ import logging
 from aiohttp import web
 
 from agents.webhooks import Receiver
-from dashpipe import api
+from dashpipe import api, kafka
+from dashpipe.batcher import BatchSender
 from dashpipe.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def make_app(rt: Runtime) -> web.Application:
+def make_app(rt: Runtime, sender: BatchSender) -> web.Application:
     app = web.Application(middlewares=[api.errors_middleware, api.auth_middleware],
                           client_max_size=rt.settings.webhook.max_body_bytes + 1)
     app[api.SERVICE] = rt.service
     app[api.API_SETTINGS] = rt.settings.api
-    receiver = Receiver(rt.registry, rt.writer.producer, rt.names.raw, rt.settings.webhook,
-                        rt.metrics)
+    receiver = Receiver(rt.registry, sender, rt.settings.webhook, rt.metrics)
     app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
     api.add_routes(app)
 
@@ -47,7 +47,10 @@ def make_app(rt: Runtime) -> web.Application:
 
 
 async def run_web(rt: Runtime) -> None:
-    runner = web.AppRunner(make_app(rt), access_log=None)
+    producer = rt.writer.producer
+    raw_partitions = len(await kafka.partitions(producer, rt.names.raw))
+    sender = BatchSender(producer, rt.names.raw, raw_partitions)
+    runner = web.AppRunner(make_app(rt, sender), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)
     await site.start()

@@ -17,19 +17,19 @@ import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from agents.dedup import SeenIds
 from agents.signatures import SignatureError, verify
 from dashpipe import jsonio
 from dashpipe.api import error, json_response
+from dashpipe.batcher import BatchSender
 from dashpipe.metrics import Metrics
 from dashpipe.ratelimit import RateLimiter
 from dashpipe.registry import Registry
 from dashpipe.settings import WebhookSettings
 from schemas.pipeline import WebhookSource
-from schemas.records import RawMetadata, now
+from schemas.records import raw_headers
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Receiver:
     registry: Registry
-    producer: AIOKafkaProducer
-    raw_topic: str
+    sender: BatchSender
     settings: WebhookSettings
     metrics: Metrics
     limiter: RateLimiter = field(default_factory=RateLimiter)
@@ -56,8 +55,9 @@ class Receiver:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return self._reject(pid, 413, f"body over the {limit} byte limit")
-        body = await _read_limited(request, limit)
-        if body is None:
+        try:
+            body = await request.read()  # stops past client_max_size (= the limit)
+        except web.HTTPRequestEntityTooLarge:
             return self._reject(pid, 413, f"body over the {limit} byte limit")
         if pipeline.source_type != "webhook":
             return self._reject(pid, 400, f"pipeline {pid!r} is not a realtime (webhook) "
@@ -85,14 +85,12 @@ class Receiver:
             return self._reject(pid, 429, "rate limit exceeded",
                                 {"Retry-After": str(max(1, math.ceil(wait)))})
         ingest_id = verified.webhook_id or uuid.uuid4().hex
-        meta = RawMetadata(pipeline_id=pid, team_id=pipeline.team_id, source="webhook",
-                           received_at=now(), ingest_id=ingest_id,
-                           content_type=request.content_type or "application/json")
+        received_ms = int(time.time() * 1000)
+        headers = raw_headers(pid, pipeline.team_id, "webhook", received_ms, ingest_id,
+                              request.content_type or "application/json")
         try:
-            await asyncio.wait_for(self.producer.send_and_wait(
-                self.raw_topic, body, key=pid.encode(), headers=meta.to_headers(),
-                timestamp_ms=int(meta.received_at.timestamp() * 1000)),
-                self.settings.ack_timeout_seconds)
+            async with asyncio.timeout(self.settings.ack_timeout_seconds):
+                await self.sender.send(pid.encode(), body, headers, received_ms)
         except (TimeoutError, KafkaError) as exc:
             log.warning("webhook for %s not written: %s", pid, type(exc).__name__)
             if dedup_key:
@@ -108,15 +106,3 @@ class Receiver:
         self.metrics.inc("dashpipe_failed_total", pipeline_id=pid, stage="webhook",
                          code=str(status))
         return error(status, message, headers)
-
-
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes `limit` bytes (the rest is never read)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

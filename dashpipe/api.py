@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE = web.AppKey("service", PipelineService)
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
+TEAM = web.RequestKey("team", str)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -74,7 +75,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if team is None:
         return error(401, "missing or unknown bearer token",
                      headers={"WWW-Authenticate": 'Bearer realm="dashpipe"'})
-    request["team"] = team
+    request[TEAM] = team
     return await handler(request)
 
 
@@ -84,46 +85,46 @@ def _service(request: web.Request) -> PipelineService:
 
 async def list_pipelines(request: web.Request) -> web.Response:
     svc = _service(request)
-    return json_response({"pipelines": [svc.view(p) for p in svc.list(request["team"])]})
+    return json_response({"pipelines": [svc.view(p) for p in svc.list(request[TEAM])]})
 
 
 async def create_pipeline(request: web.Request) -> web.Response:
     svc = _service(request)
-    p = await svc.create(await read_json(request), request["team"])
+    p = await svc.create(await read_json(request), request[TEAM])
     return json_response(svc.view(p), 201, {"Location": f"/api/pipelines/{p.id}"})
 
 
 async def get_pipeline(request: web.Request) -> web.Response:
     svc = _service(request)
-    return json_response(svc.view(svc.get(request.match_info["id"], request["team"])))
+    return json_response(svc.view(svc.get(request.match_info["id"], request[TEAM])))
 
 
 async def put_pipeline(request: web.Request) -> web.Response:
     svc = _service(request)
-    p = await svc.replace(request.match_info["id"], await read_json(request), request["team"])
+    p = await svc.replace(request.match_info["id"], await read_json(request), request[TEAM])
     return json_response(svc.view(p))
 
 
 async def patch_pipeline(request: web.Request) -> web.Response:
     svc = _service(request)
-    p = await svc.patch(request.match_info["id"], await read_json(request), request["team"])
+    p = await svc.patch(request.match_info["id"], await read_json(request), request[TEAM])
     return json_response(svc.view(p))
 
 
 async def delete_pipeline(request: web.Request) -> web.Response:
-    await _service(request).delete(request.match_info["id"], request["team"])
+    await _service(request).delete(request.match_info["id"], request[TEAM])
     return web.Response(status=204)
 
 
 async def pause_pipeline(request: web.Request) -> web.Response:
     svc = _service(request)
-    p = await svc.set_status(request.match_info["id"], request["team"], "paused")
+    p = await svc.set_status(request.match_info["id"], request[TEAM], "paused")
     return json_response(svc.view(p))
 
 
 async def resume_pipeline(request: web.Request) -> web.Response:
     svc = _service(request)
-    p = await svc.set_status(request.match_info["id"], request["team"], "active")
+    p = await svc.set_status(request.match_info["id"], request[TEAM], "active")
     return json_response(svc.view(p))
 
 

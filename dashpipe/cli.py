@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import shlex
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -114,6 +117,88 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipelines(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe import pipeline_files
+
+    logging.getLogger().setLevel(logging.WARNING)  # stdout is the answer; keep stderr quiet
+    docs = None
+    if args.action == "apply":  # a file that does not parse fails before Kafka is touched
+        stdin = sys.stdin.read() if args.file == pipeline_files.STDIN else None
+        docs = pipeline_files.read(args.file, stdin)
+    return asyncio.run(_pipelines(settings, args, docs))
+
+
+async def _pipelines(settings: Settings, args: argparse.Namespace, docs: list[Any] | None) -> int:
+    from dashpipe import pipeline_files
+    from dashpipe.runtime import open_runtime
+    from dashpipe.settings import ADMIN
+
+    async with open_runtime(settings, stack.endpoints(settings).bootstrap_servers) as rt:
+        svc = rt.service
+        if docs is not None:
+            errors = pipeline_files.check(docs, rt.registry.pipelines)
+            if errors:
+                for line in errors:
+                    print(line, file=sys.stderr)
+                print(f"dashpipe: error: {args.file}: {len(errors)} problem(s); "
+                      "no pipeline was applied", file=sys.stderr)
+                return 2
+            for doc in docs:
+                pipeline, outcome = await svc.apply(doc)
+                print(f"{pipeline.id} {outcome}")
+        elif args.action == "list":
+            team = args.team or ADMIN
+            views = [svc.view(p) for p in svc.list(ADMIN) if team in (ADMIN, p.team_id)]
+            if args.json:
+                print(orjson.dumps({"pipelines": views}, option=orjson.OPT_INDENT_2).decode())
+            else:
+                print(pipeline_files.table(views, datetime.now(UTC)))
+        elif args.action == "get":
+            view = svc.view(svc.get(args.id, ADMIN))
+            if args.output == "yaml":
+                import yaml
+
+                print(yaml.safe_dump(view, sort_keys=False, allow_unicode=True), end="")
+            else:
+                print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+        elif args.action == "delete":
+            await svc.delete(args.id, ADMIN)
+            print(f"{args.id} deleted")
+        else:
+            pipeline = await svc.set_status(args.id, ADMIN,
+                                            "paused" if args.action == "pause" else "active")
+            print(f"{pipeline.id} {svc.view(pipeline)['status']}")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe import demo
+
+    ends = stack.endpoints(settings)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: every role has stopped cleanly
+        asyncio.run(demo.run_demo(settings, ends.bootstrap_servers, ends.kafka_local))
+    print("demo stopped")
+    return 0
+
+
+def _pipelines_parser(sub: Any) -> None:
+    p = sub.add_parser("pipelines", help="manage pipeline definitions on the log (as admin)")
+    actions = p.add_subparsers(dest="action", required=True)
+    apply = actions.add_parser("apply", help="create or update the pipelines of a YAML/JSON "
+                                             "file by id (idempotent)")
+    apply.add_argument("-f", "--file", required=True, metavar="FILE",
+                       help="YAML or JSON (by extension); - reads YAML or JSON from stdin")
+    listing = actions.add_parser("list", help="every pipeline with its runtime status")
+    listing.add_argument("--json", action="store_true", help="the views as JSON (re-appliable)")
+    listing.add_argument("--team", help="only this team's pipelines")
+    get = actions.add_parser("get", help="one pipeline as JSON, secrets masked")
+    get.add_argument("id")
+    get.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
+    for action, what in (("pause", "stop polling / refuse webhooks"),
+                         ("resume", "make active again"), ("delete", "delete the definition")):
+        actions.add_parser(action, help=what).add_argument("id")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dashpipe", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
     topics.add_argument("--json", action="store_true")
     schemas = sub.add_parser("schemas", help="the JSON Schemas of the public records")
     schemas.add_argument("action", choices=["export", "check"])
+    _pipelines_parser(sub)
+    sub.add_parser("demo", help="a sample API, two demo pipelines and every role in this "
+                                "process, showing data moving (Ctrl-C stops)")
     return p
 
 
@@ -141,6 +229,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "run": cmd_run,
     "topics": cmd_topics,
     "schemas": cmd_schemas,
+    "pipelines": cmd_pipelines,
+    "demo": cmd_demo,
 }
 
 

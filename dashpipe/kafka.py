@@ -65,7 +65,8 @@ async def partitions(client: Any, *topics: str, timeout: float = 15.0) -> list[T
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        cluster = await client._client.fetch_all_metadata()
+        inner = client.client if isinstance(client, AIOKafkaProducer) else client._client
+        cluster = await inner.fetch_all_metadata()
         found = {t: cluster.partitions_for_topic(t) for t in topics}
         if all(found.values()):
             return [TopicPartition(t, p) for t in topics for p in sorted(found[t])]

@@ -26,7 +26,8 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = ""
     client_id: str = "dashpipe"
     group_prefix: str = Field(default="dashpipe", pattern=r"^[A-Za-z0-9._-]+$")
-    linger_ms: int = Field(default=5, ge=0)
+    linger_ms: int = Field(default=0, ge=0, description="0: batches form while a request "
+                           "is in flight")
     max_batch_size: int = Field(default=256 * 1024, gt=0)
     request_timeout_ms: int = Field(default=30_000, gt=0)
 

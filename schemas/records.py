@@ -58,14 +58,9 @@ class RawMetadata(_Record):
         return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
     def to_headers(self) -> list[tuple[str, bytes]]:
-        out = []
-        for name, header in RAW_HEADERS.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            text = _iso(value) if isinstance(value, datetime) else str(value)
-            out.append((header, text.encode()))
-        return out
+        return raw_headers(self.pipeline_id, self.team_id, self.source,
+                           int(self.received_at.timestamp() * 1000), self.ingest_id,
+                           self.content_type, self.url, self.http_status)
 
     @classmethod
     def from_headers(cls, headers: Any) -> RawMetadata:
@@ -110,6 +105,28 @@ class DeadLetter(_Record):
     failed_at: datetime
     record: Any = Field(default=None, description="the failing row or payload, as JSON")
     schema_version: int = SCHEMA_VERSION
+
+
+def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, ingest_id: str,
+                content_type: str = "application/json", url: str | None = None,
+                http_status: int | None = None) -> list[tuple[str, bytes]]:
+    """The Kafka headers of a Bronze record (what `RawMetadata.to_headers` gives), built
+    without a model: this runs once per received payload."""
+    received = datetime.fromtimestamp(received_ms / 1000, UTC)
+    out = [
+        ("dashpipe-pipeline-id", pipeline_id.encode()),
+        ("dashpipe-team-id", team_id.encode()),
+        ("dashpipe-source", source.encode()),
+        ("dashpipe-received-at", _iso(received).encode()),
+        ("dashpipe-ingest-id", ingest_id.encode()),
+        ("content-type", content_type.encode()),
+    ]
+    if url is not None:
+        out.append(("dashpipe-url", url.encode()))
+    if http_status is not None:
+        out.append(("dashpipe-http-status", str(http_status).encode()))
+    out.append(("dashpipe-schema-version", str(SCHEMA_VERSION).encode()))
+    return out
 
 
 def _iso(value: datetime) -> str:

@@ -1,0 +1,232 @@
+"""`dashpipe demo` (what `make run` starts): data moving through the log within seconds.
+
+In one process: the sample earthquake API (`dashpipe.sample_api`), two pipelines of team
+`demo` applied to the log (`demo-quakes` polls the sample API every 5 s with an incremental
+cursor; `demo-webhook` receives signed webhooks), every role, and a tail of Bronze that prints
+each demo record as it lands. The webhook secret is generated once and then read back from the
+registry, so a `curl` printed by an earlier run keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shlex
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRecord
+from pydantic import SecretStr
+
+from agents.signatures import ORIGINAL_HEADER, new_secret, sign_original
+from dashpipe import kafka, sample_api
+from dashpipe.errors import DashpipeError
+from dashpipe.runtime import Runtime, open_runtime, run_roles
+from dashpipe.settings import Settings
+from dashpipe.stack import state as stack_state
+from schemas.pipeline import WebhookSource
+
+log = logging.getLogger(__name__)
+
+TEAM = "demo"
+QUAKES = "demo-quakes"
+WEBHOOK = "demo-webhook"
+WEBHOOK_BODY = b'{"event":"order.created","order_id":"A-1001","amount":42.5,"currency":"EUR"}'
+
+
+@dataclass(frozen=True)
+class DemoInfo:
+    """What the demo applied, and how to send its webhook. It holds a signature of the fixed
+    body (the original scheme, which never expires), never the secret itself."""
+
+    api_url: str
+    outcomes: dict[str, str]  # pipeline id -> created | updated | unchanged
+    signature: str = field(repr=False)
+    body: bytes = WEBHOOK_BODY
+
+    def webhook_headers(self) -> dict[str, str]:
+        return {"content-type": "application/json", ORIGINAL_HEADER: self.signature}
+
+    def curl(self, web_url: str) -> str:
+        """A ready-to-paste command that posts the signed body to `demo-webhook`."""
+        argv = ["curl", "-i", "-X", "POST", f"{web_url}/webhooks/{WEBHOOK}"]
+        for name, value in self.webhook_headers().items():
+            argv += ["-H", f"{name}: {value}"]
+        return shlex.join([*argv, "--data-raw", self.body.decode()])
+
+
+def pipelines(api_url: str, webhook_secret: str) -> list[dict[str, Any]]:
+    """The two demo definitions, as `dashpipe pipelines apply` takes them."""
+    return [
+        {"id": QUAKES, "team_id": TEAM, "name": "Sample earthquakes", "type": "polling",
+         "source_type": "http_api", "interval_seconds": 5,
+         "source_config": {"url": api_url, "params": {"limit": 100},
+                           "cursor": {"path": "metadata.last_time", "param": "since"}}},
+        {"id": WEBHOOK, "team_id": TEAM, "name": "Demo webhook", "type": "realtime",
+         "source_type": "webhook", "source_config": {"webhook_secret": webhook_secret}},
+    ]
+
+
+def webhook_secret(rt: Runtime) -> str:
+    """The secret `demo-webhook` already has (the registry holds it unmasked), else a new one."""
+    existing = rt.registry.pipelines.get(WEBHOOK)
+    if existing is not None and existing.source_type == "webhook":
+        source: WebhookSource = existing.source()
+        return source.secrets()[0]
+    return new_secret()
+
+
+async def setup_demo(rt: Runtime, api_url: str) -> DemoInfo:
+    """Apply the demo pipelines (idempotent: a second run reports them unchanged)."""
+    secret = webhook_secret(rt)
+    outcomes = {}
+    for definition in pipelines(api_url, secret):
+        pipeline, outcome = await rt.service.apply(definition)
+        outcomes[pipeline.id] = outcome
+    return DemoInfo(api_url, outcomes, sign_original(secret, WEBHOOK_BODY))
+
+
+def describe(record: ConsumerRecord) -> str:
+    """One line for a Bronze record: where it landed and what it holds."""
+    headers = {k: v.decode(errors="replace") for k, v in record.headers}
+    key = record.key.decode(errors="replace") if record.key else "-"
+    where = f"{key} p{record.partition}@{record.offset} {headers.get('dashpipe-source', '?')}"
+    try:
+        doc = orjson.loads(record.value or b"")
+    except orjson.JSONDecodeError:
+        return f"{where} {len(record.value or b'')} bytes"
+    features = doc.get("features") if isinstance(doc, dict) else None
+    if isinstance(features, list):
+        if not features:
+            return f"{where} no new quakes"
+        props = features[-1].get("properties", {}) if isinstance(features[-1], dict) else {}
+        return (f"{where} {len(features)} quakes, newest M{props.get('mag')} "
+                f"{props.get('place')}")
+    text = (record.value or b"").decode(errors="replace")
+    return f"{where} {text[:100]}{'…' if len(text) > 100 else ''}"
+
+
+async def tail_raw(rt: Runtime, ids: set[str], out: Callable[[str], None],
+                   started: asyncio.Event | None = None) -> None:
+    """Print every Bronze record of `ids` written from now on."""
+    consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)
+    async with kafka.started(consumer):
+        tps = await kafka.partitions(consumer, rt.names.raw)
+        consumer.assign(tps)
+        for tp, end in (await consumer.end_offsets(tps)).items():
+            consumer.seek(tp, end)
+        if started is not None:
+            started.set()
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    if record.key is not None and record.key.decode(errors="replace") in ids:
+                        out(f"bronze  {describe(record)}")
+
+
+def watch_command(settings: Settings, bootstrap: str, local_kafka: bool, topic: str) -> str:
+    """Kafka's console consumer on Bronze, with keys and headers."""
+    options = [f"--bootstrap-server={bootstrap}", f"--topic={topic}", "--from-beginning",
+               "--property", "print.key=true", "--property", "print.headers=true"]
+    if local_kafka:
+        try:
+            from dashpipe.stack.kafka import libs_dir
+
+            classpath = f"{libs_dir(settings.stack)}/*"
+            return shlex.join(["java", "-cp", classpath,
+                               "org.apache.kafka.tools.consumer.ConsoleConsumer", *options])
+        except DashpipeError as exc:
+            log.debug("no local Kafka jars: %s", exc)
+    return shlex.join(["kafka-console-consumer.sh", *options])
+
+
+def banner(rt: Runtime, info: DemoInfo, token: str | None, watch: str) -> str:
+    """What to do next. `token` is printed only when this run generated it."""
+    web = rt.web_url or ""
+    bearer = f"Bearer {token}" if token else "Bearer $DASHPIPE_ADMIN_TOKEN"
+    applied = ", ".join(f"{pid} {outcome}" for pid, outcome in info.outcomes.items())
+    token_line = (f"{token}  (generated for this run; set DASHPIPE_ADMIN_TOKEN to choose one)"
+                  if token else "the value of $DASHPIPE_ADMIN_TOKEN")
+    list_cmd = f'curl -s -H "Authorization: {bearer}" {shlex.quote(web + "/api/pipelines")}'
+    return "\n".join([
+        "",
+        "dashpipe demo is running (Ctrl-C stops)",
+        f"  sample API   {info.api_url}  (new quakes every few seconds; ?since=<epoch ms>)",
+        f"  pipelines    team {TEAM}: {applied}",
+        f"  web          {web}",
+        f"  admin token  {token_line}",
+        "",
+        "List the pipelines through the API (or: dashpipe pipelines list):",
+        f"  {list_cmd}",
+        f"Send a signed webhook to {WEBHOOK}:",
+        f"  {info.curl(web)}",
+        "Watch Bronze with Kafka's console consumer, from another shell:",
+        f"  {watch}",
+        "",
+        "Bronze records of the demo pipelines as they land:",
+    ])
+
+
+def demo_settings(settings: Settings) -> tuple[Settings, str | None]:
+    """The settings to run with, and the admin token when this run generated one. A busy web
+    port falls back to a free one (the banner prints the address)."""
+    generated = None
+    api = settings.api
+    if api.admin_token is None:
+        generated = secrets.token_urlsafe(24)
+        api = api.model_copy(update={"admin_token": SecretStr(generated)})
+    web = settings.web
+    if web.port and not stack_state.port_free(web.port):
+        log.warning("port %d is busy: the web role listens on a free port instead", web.port)
+        web = web.model_copy(update={"port": 0})
+    return replace(settings, api=api, web=web), generated
+
+
+async def run_demo(settings: Settings, bootstrap: str, local_kafka: bool = True) -> None:
+    """Run the demo until Ctrl-C or SIGTERM."""
+    from dashpipe.app import ROLES
+
+    settings, token = demo_settings(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with sample_api.serve() as api_url, open_runtime(settings, bootstrap) as rt:
+        info = await setup_demo(rt, api_url)
+        tailing = asyncio.Event()
+        tasks = [asyncio.create_task(tail_raw(rt, {QUAKES, WEBHOOK}, print, tailing)),
+                 asyncio.create_task(stop.wait())]
+        try:
+            if await _wait(tailing.wait(), tasks):
+                tasks.append(asyncio.create_task(run_roles(rt, list(ROLES))))
+                if await _wait(rt.web_ready.wait(), tasks):
+                    watch = watch_command(settings, bootstrap, local_kafka, rt.names.raw)
+                    print(banner(rt, info, token, watch), flush=True)
+                    await _wait(None, tasks)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _wait(condition: Coroutine[Any, Any, Any] | None,
+                tasks: list[asyncio.Task[Any]]) -> bool:
+    """Wait for `condition`: True once it is met; False when one of `tasks` ended first (the
+    stop signal), raising that task's error if it failed (a role that could not start)."""
+    waiter = asyncio.ensure_future(condition) if condition is not None else None
+    try:
+        done, _ = await asyncio.wait([*tasks, *([waiter] if waiter else [])],
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if waiter is not None:
+            waiter.cancel()
+    for task in done:
+        if task is not waiter:
+            task.result()
+            return False
+    return True

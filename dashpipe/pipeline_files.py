@@ -1,0 +1,183 @@
+"""Pipelines files for `dashpipe pipelines apply -f FILE`: reading, checking, and the table of
+`dashpipe pipelines list`. Pure functions: the caller reads the registry and writes the log.
+
+A file is YAML or JSON and holds one pipeline object, a list of them, or `{"pipelines": [...]}`
+(what `dashpipe pipelines list --json` prints); YAML may hold several `---` documents.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dashpipe import jsonio
+from dashpipe.errors import DashpipeError
+from dashpipe.pipelines import SERVER_FIELDS, VIEW_FIELDS, Invalid, parse
+from schemas.pipeline import MASK, Pipeline, keep_masked
+
+STDIN = "-"
+
+
+class FileError(DashpipeError):
+    """The file cannot be read or parsed; the message names the file and where it broke."""
+
+
+def read(path: str, stdin_text: str | None = None) -> list[Any]:
+    """The pipeline objects of `path` (`-`: `stdin_text`, as YAML, which also reads JSON)."""
+    if path == STDIN:
+        text, name, as_json = stdin_text or "", "<stdin>", False
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") \
+                from None
+        name, as_json = path, path.lower().endswith(".json")
+    docs = _parse_json(text, name) if as_json else _parse_yaml(text, name)
+    pipelines: list[Any] = []
+    for doc in docs:
+        if doc is None:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("pipelines"), list):
+            pipelines += doc["pipelines"]
+        elif isinstance(doc, list):
+            pipelines += doc
+        else:
+            pipelines.append(doc)
+    if not pipelines:
+        raise FileError(f"{name} holds no pipeline")
+    return pipelines
+
+
+def _parse_json(text: str, name: str) -> list[Any]:
+    try:
+        return [jsonio.loads(text.encode())]
+    except jsonio.InvalidJson as exc:
+        raise FileError(f"{name}: {exc}") from None
+
+
+def _parse_yaml(text: str, name: str) -> list[Any]:
+    try:
+        return list(yaml.load_all(text, Loader=_loader()))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise FileError(f"{name}: invalid YAML{where}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise FileError(f"{name}: invalid YAML: {exc}") from None
+
+
+@functools.cache
+def _loader() -> type[yaml.SafeLoader]:
+    """A safe loader that keeps dates as text: a cursor's `initial: 2024-01-01` stays a string,
+    as it would in JSON."""
+    timestamp = "tag:yaml.org,2002:timestamp"
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != timestamp]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return Loader
+
+
+def label(index: int, doc: Any) -> str:
+    """How errors name a pipeline: its id, else `#n` (1 = the first in the file)."""
+    pid = doc.get("id") if isinstance(doc, dict) else None
+    return pid if isinstance(pid, str) and pid else f"#{index + 1}"
+
+
+def prepare(doc: dict[str, Any], existing: Pipeline | None) -> dict[str, Any]:
+    """The definition `PipelineService.apply` would store: server and runtime fields dropped
+    (a `get`/`list --json` output applies as it is), masked secrets kept from `existing`."""
+    data = {k: v for k, v in doc.items() if k not in SERVER_FIELDS + VIEW_FIELDS}
+    if data.get("status") == "error":
+        data["status"] = "active"
+    if existing is not None:
+        data = keep_masked(data, existing.model_dump(mode="json"))
+    return data
+
+
+def check(docs: list[Any], existing: Mapping[str, Pipeline]) -> list[str]:
+    """Every problem of every pipeline, one line each: `<id or #n>: <field path>: <message>`.
+    An empty list means the whole file can be applied."""
+    errors: list[str] = []
+    first_at: dict[str, int] = {}
+    for i, doc in enumerate(docs):
+        name = label(i, doc)
+        if not isinstance(doc, dict):
+            errors.append(f"{name}: expected a pipeline object, got {_kind(doc)}")
+            continue
+        pid = doc.get("id")
+        if isinstance(pid, str) and pid:
+            if pid in first_at:
+                errors.append(f"{name}: id: appears more than once in the file "
+                              f"(#{first_at[pid] + 1} and #{i + 1})")
+                continue
+            first_at[pid] = i
+        old = existing.get(pid) if isinstance(pid, str) else None
+        data = prepare(doc, old)
+        if old is None:
+            errors += [f"{name}: {path}: a masked value ({MASK}) only keeps the secret of an "
+                       "existing pipeline; give the real value" for path in masked_paths(data)]
+        try:
+            parse(data)
+        except Invalid as exc:
+            errors += [f"{name}: {e['loc']}: {e['msg']}" if e["loc"] else f"{name}: {e['msg']}"
+                       for e in exc.errors]
+    return errors
+
+
+def masked_paths(value: Any, path: str = "") -> list[str]:
+    """Where `***` stands in `value`, as dotted paths (`source_config.token`)."""
+    if value == MASK:
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in masked_paths(v, f"{path}.{k}" if path
+                                                                   else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in masked_paths(v, f"{path}.{i}")]
+    return []
+
+
+def _kind(value: Any) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "a boolean",
+            list: "a list"}.get(type(value), type(value).__name__)
+
+
+COLUMNS = ("ID", "TEAM", "TYPE", "STATUS", "INTERVAL", "LAST RUN", "ERROR")
+
+
+def table(views: list[dict[str, Any]], now: datetime, error_width: int = 60) -> str:
+    """`dashpipe pipelines list`: one row per pipeline view (`PipelineService.view`)."""
+    rows = [COLUMNS] + [(
+        v["id"], v["team_id"], v["type"], v["status"],
+        f"{v['interval_seconds']}s" if v.get("interval_seconds") else "-",
+        _ago(v.get("last_run_at"), now),
+        _short(v.get("error_message") or "-", error_width),
+    ) for v in views]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(COLUMNS) - 1)]
+    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)),
+                                row[-1]]) for row in rows)
+
+
+def _ago(iso: str | None, now: datetime) -> str:
+    if not iso:
+        return "-"
+    seconds = max(0, int((now - datetime.fromisoformat(iso)).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
