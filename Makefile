@@ -26,8 +26,8 @@ down:  ## stop the local stack (data stays in .dashpipe/)
 status: install  ## what runs where
 	$(BIN)/dashpipe status
 
-run: up  ## set up everything and run every role in this terminal (Ctrl-C stops)
-	$(BIN)/dashpipe run
+run: up  ## set up everything and run the demo: data moving through every role (Ctrl-C stops)
+	$(BIN)/dashpipe demo
 
 test: install  ## unit + integration tests against the real broker and database
 	$(BIN)/python -m pytest

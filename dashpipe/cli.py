@@ -120,12 +120,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_pipelines(settings: Settings, args: argparse.Namespace) -> int:
     from dashpipe import pipeline_files
 
-    logging.getLogger().setLevel(logging.WARNING)  # stdout is the answer; keep stderr quiet
     docs = None
     if args.action == "apply":  # a file that does not parse fails before Kafka is touched
         stdin = sys.stdin.read() if args.file == pipeline_files.STDIN else None
         docs = pipeline_files.read(args.file, stdin)
-    return asyncio.run(_pipelines(settings, args, docs))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # stdout is the answer; keep stderr quiet
+    try:
+        return asyncio.run(_pipelines(settings, args, docs))
+    finally:
+        root.setLevel(level)
 
 
 async def _pipelines(settings: Settings, args: argparse.Namespace, docs: list[Any] | None) -> int:
@@ -140,7 +145,8 @@ async def _pipelines(settings: Settings, args: argparse.Namespace, docs: list[An
             if errors:
                 for line in errors:
                     print(line, file=sys.stderr)
-                print(f"dashpipe: error: {args.file}: {len(errors)} problem(s); "
+                name = "<stdin>" if args.file == pipeline_files.STDIN else args.file
+                print(f"dashpipe: error: {name}: {len(errors)} problem(s); "
                       "no pipeline was applied", file=sys.stderr)
                 return 2
             for doc in docs:
@@ -175,8 +181,10 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from dashpipe import demo
 
     ends = stack.endpoints(settings)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # keep the demo's lines readable
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: every role has stopped cleanly
-        asyncio.run(demo.run_demo(settings, ends.bootstrap_servers, ends.kafka_local))
+        asyncio.run(demo.run_demo(settings, ends.bootstrap_servers, ends.kafka_local,
+                                  out=lambda line: print(line, flush=True)))
     print("demo stopped")
     return 0
 

@@ -75,8 +75,9 @@ def webhook_secret(rt: Runtime) -> str:
     """The secret `demo-webhook` already has (the registry holds it unmasked), else a new one."""
     existing = rt.registry.pipelines.get(WEBHOOK)
     if existing is not None and existing.source_type == "webhook":
-        source: WebhookSource = existing.source()
-        return source.secrets()[0]
+        # read the stored config, not `existing.source()`: that caches a private attribute,
+        # and a cached pipeline no longer compares equal to its re-parsed definition
+        return WebhookSource.model_validate(existing.source_config).secrets()[0]
     return new_secret()
 
 
@@ -104,8 +105,8 @@ def describe(record: ConsumerRecord) -> str:
         if not features:
             return f"{where} no new quakes"
         props = features[-1].get("properties", {}) if isinstance(features[-1], dict) else {}
-        return (f"{where} {len(features)} quakes, newest M{props.get('mag')} "
-                f"{props.get('place')}")
+        count = f"{len(features)} quake{'s' if len(features) > 1 else ''}"
+        return f"{where} {count}, newest M{props.get('mag')} {props.get('place')}"
     text = (record.value or b"").decode(errors="replace")
     return f"{where} {text[:100]}{'…' if len(text) > 100 else ''}"
 
@@ -131,7 +132,7 @@ async def tail_raw(rt: Runtime, ids: set[str], out: Callable[[str], None],
 
 def watch_command(settings: Settings, bootstrap: str, local_kafka: bool, topic: str) -> str:
     """Kafka's console consumer on Bronze, with keys and headers."""
-    options = [f"--bootstrap-server={bootstrap}", f"--topic={topic}", "--from-beginning",
+    options = ["--bootstrap-server", bootstrap, "--topic", topic, "--from-beginning",
                "--property", "print.key=true", "--property", "print.headers=true"]
     if local_kafka:
         try:
@@ -187,31 +188,34 @@ def demo_settings(settings: Settings) -> tuple[Settings, str | None]:
     return replace(settings, api=api, web=web), generated
 
 
-async def run_demo(settings: Settings, bootstrap: str, local_kafka: bool = True) -> None:
-    """Run the demo until Ctrl-C or SIGTERM."""
+async def run_demo(settings: Settings, bootstrap: str, local_kafka: bool = True,
+                   out: Callable[[str], None] = print) -> None:
+    """Run the demo until Ctrl-C or SIGTERM (or until cancelled), writing to `out`."""
     from dashpipe.app import ROLES
 
     settings, token = demo_settings(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with sample_api.serve() as api_url, open_runtime(settings, bootstrap) as rt:
-        info = await setup_demo(rt, api_url)
-        tailing = asyncio.Event()
-        tasks = [asyncio.create_task(tail_raw(rt, {QUAKES, WEBHOOK}, print, tailing)),
-                 asyncio.create_task(stop.wait())]
-        try:
-            if await _wait(tailing.wait(), tasks):
-                tasks.append(asyncio.create_task(run_roles(rt, list(ROLES))))
-                if await _wait(rt.web_ready.wait(), tasks):
-                    watch = watch_command(settings, bootstrap, local_kafka, rt.names.raw)
-                    print(banner(rt, info, token, watch), flush=True)
-                    await _wait(None, tasks)
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        async with sample_api.serve() as api_url, open_runtime(settings, bootstrap) as rt:
+            info = await setup_demo(rt, api_url)
+            tailing = asyncio.Event()
+            tasks = [asyncio.create_task(tail_raw(rt, {QUAKES, WEBHOOK}, out, tailing)),
+                     asyncio.create_task(stop.wait())]
+            try:
+                if await _wait(tailing.wait(), tasks):
+                    tasks.append(asyncio.create_task(run_roles(rt, list(ROLES))))
+                    if await _wait(rt.web_ready.wait(), tasks):
+                        watch = watch_command(settings, bootstrap, local_kafka, rt.names.raw)
+                        out(banner(rt, info, token, watch))
+                        await _wait(None, tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _wait(condition: Coroutine[Any, Any, Any] | None,

@@ -98,6 +98,7 @@ def prepare(doc: dict[str, Any], existing: Pipeline | None) -> dict[str, Any]:
     """The definition `PipelineService.apply` would store: server and runtime fields dropped
     (a `get`/`list --json` output applies as it is), masked secrets kept from `existing`."""
     data = {k: v for k, v in doc.items() if k not in SERVER_FIELDS + VIEW_FIELDS}
+    data.setdefault("source_config", {})  # checked against its type's model even when absent
     if data.get("status") == "error":
         data["status"] = "active"
     if existing is not None:
@@ -130,8 +131,10 @@ def check(docs: list[Any], existing: Mapping[str, Pipeline]) -> list[str]:
         try:
             parse(data)
         except Invalid as exc:
-            errors += [f"{name}: {e['loc']}: {e['msg']}" if e["loc"] else f"{name}: {e['msg']}"
-                       for e in exc.errors]
+            for e in exc.errors:
+                message = e["msg"].removeprefix("Value error, ")  # pydantic's wording
+                errors.append(f"{name}: {e['loc']}: {message}" if e["loc"] else
+                              f"{name}: {message}")
     return errors
 
 

@@ -43,7 +43,8 @@ def parse(data: Any) -> Pipeline:
     try:
         return Pipeline.model_validate(data)
     except ValidationError as exc:
-        raise Invalid([{"loc": ".".join(map(str, e["loc"])), "msg": e["msg"]}
+        raise Invalid([{"loc": ".".join(map(str, e["loc"])),
+                        "msg": e["msg"].removeprefix("Value error, ")}
                        for e in exc.errors()]) from None
 
 
@@ -132,7 +133,7 @@ class PipelineService:
     async def _save(self, old: Pipeline, data: dict[str, Any]) -> Pipeline:
         data = keep_masked(data, old.model_dump(mode="json"))
         new = parse({**data, "created_at": old.created_at, "updated_at": old.updated_at})
-        if new == old:
+        if new.model_dump() == old.model_dump():  # (== would also compare private caches)
             return old
         new = new.model_copy(update={"updated_at": _now()})
         await self.writer.put(new)

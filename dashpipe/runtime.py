@@ -54,9 +54,23 @@ async def open_runtime(settings: Settings, bootstrap: str) -> AsyncIterator[Runt
                 yield Runtime(settings, bootstrap, names, registry, writer,
                               PipelineService(registry, writer), http)
         finally:
-            await registry.stop()
+            await _bounded(registry.stop(), "registry consumer")
     finally:
-        await producer.stop()
+        # with Kafka gone, stop() would wait forever for records nobody was told were written
+        await _bounded(producer.stop(), "producer")
+
+
+async def _bounded(stopping: Awaitable[None], what: str, seconds: float = 10.0) -> None:
+    try:
+        await asyncio.wait_for(stopping, seconds)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled, not just the client's inner tasks
+        log.warning("%s did not stop cleanly (Kafka unreachable?); closed anyway", what)
+    except Exception as exc:  # shutting down: report, never mask the real outcome
+        log.warning("%s did not stop cleanly (%s: Kafka unreachable?); closed anyway",
+                    what, type(exc).__name__)
 
 
 RoleMain = Callable[[Runtime], Awaitable[None]]

@@ -69,7 +69,7 @@ class QuakeFeed:
         angle = BEARINGS.index(bearing) * math.pi / 8
         lat += distance / 111.0 * math.cos(angle)
         lon += distance / (111.0 * max(0.2, math.cos(math.radians(lat)))) * math.sin(angle)
-        mag = round(min(8.5, 0.8 + rng.expovariate(math.log(10))), 2)  # Gutenberg-Richter, b=1
+        mag = round(min(8.5, 1.5 + rng.expovariate(0.9 * math.log(10))), 1)  # Gutenberg-Richter
         quake_id = f"dp{at_ms % 10**10:010d}{rng.randint(0, 99):02d}"
         return {
             "type": "Feature",

@@ -182,7 +182,7 @@ class Pipeline(BaseModel):
             model = handler(data)
         except ValidationError as exc:
             errors += _details(exc)
-        raw = data.get("source_config") if isinstance(data, dict) else None
+        raw = data.get("source_config", {}) if isinstance(data, dict) else None
         kind = SOURCE_MODELS.get(data.get("source_type", "")) if isinstance(data, dict) else None
         if kind is not None and isinstance(raw, dict):
             try:
