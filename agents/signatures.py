@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from secrets import token_bytes
 from typing import Literal
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from dashpipe.errors import ConfigError, DashpipeError
 
 ORIGINAL_HEADER = "x-webhook-signature"
@@ -62,7 +64,9 @@ def verify(
     """
     if not secrets:
         raise ConfigError("no webhook secret configured")
-    lowered = {k.lower(): v for k, v in headers.items()}
+    # aiohttp's headers are case-insensitive already; copy only a plain mapping
+    lowered = headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) \
+        else {k.lower(): v for k, v in headers.items()}
     if SIGNATURE_HEADER in lowered:
         return _verify_standard(secrets, lowered, body, now, tolerance)
     if ORIGINAL_HEADER in lowered:

@@ -17,13 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def make_app(rt: Runtime, sender: BatchSender) -> web.Application:
-    app = web.Application(middlewares=[api.errors_middleware, api.auth_middleware],
-                          client_max_size=rt.settings.webhook.max_body_bytes + 1)
-    app[api.SERVICE] = rt.service
-    app[api.API_SETTINGS] = rt.settings.api
+    max_body = rt.settings.webhook.max_body_bytes
+    app = web.Application(client_max_size=max_body)
     receiver = Receiver(rt.registry, sender, rt.settings.webhook, rt.metrics)
     app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
-    api.add_routes(app)
+    app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body))
 
     async def healthz(request: web.Request) -> web.Response:
         return api.json_response({"status": "ok"})
@@ -43,6 +41,7 @@ def make_app(rt: Runtime, sender: BatchSender) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", api.not_found)  # JSON 404 for any other path
     return app
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -84,7 +84,7 @@ class Receiver:
                 self.seen.forget(dedup_key)
             return self._reject(pid, 429, "rate limit exceeded",
                                 {"Retry-After": str(max(1, math.ceil(wait)))})
-        ingest_id = verified.webhook_id or uuid.uuid4().hex
+        ingest_id = verified.webhook_id or os.urandom(16).hex()
         received_ms = int(time.time() * 1000)
         headers = raw_headers(pid, pipeline.team_id, "webhook", received_ms, ingest_id,
                               request.content_type or "application/json")

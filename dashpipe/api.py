@@ -128,12 +128,23 @@ async def resume_pipeline(request: web.Request) -> web.Response:
     return json_response(svc.view(p))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/pipelines", list_pipelines)
-    app.router.add_post("/api/pipelines", create_pipeline)
-    app.router.add_get("/api/pipelines/{id}", get_pipeline)
-    app.router.add_put("/api/pipelines/{id}", put_pipeline)
-    app.router.add_patch("/api/pipelines/{id}", patch_pipeline)
-    app.router.add_delete("/api/pipelines/{id}", delete_pipeline)
-    app.router.add_post("/api/pipelines/{id}/pause", pause_pipeline)
-    app.router.add_post("/api/pipelines/{id}/resume", resume_pipeline)
+def make_api(service: PipelineService, settings: ApiSettings, max_body: int) -> web.Application:
+    """The `/api/` sub-application: its middlewares (auth, error mapping) run for it alone,
+    not on the webhook hot path."""
+    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+                          client_max_size=max_body)
+    app[SERVICE] = service
+    app[API_SETTINGS] = settings
+    app.router.add_get("/pipelines", list_pipelines)
+    app.router.add_post("/pipelines", create_pipeline)
+    app.router.add_get("/pipelines/{id}", get_pipeline)
+    app.router.add_put("/pipelines/{id}", put_pipeline)
+    app.router.add_patch("/pipelines/{id}", patch_pipeline)
+    app.router.add_delete("/pipelines/{id}", delete_pipeline)
+    app.router.add_post("/pipelines/{id}/pause", pause_pipeline)
+    app.router.add_post("/pipelines/{id}/resume", resume_pipeline)
+    return app
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error(404, f"no such path: {request.method} {request.path}")
