@@ -48,7 +48,8 @@ def make_app(rt: Runtime, sender: BatchSender) -> web.Application:
 async def run_web(rt: Runtime) -> None:
     producer = rt.writer.producer
     raw_partitions = len(await kafka.partitions(producer, rt.names.raw))
-    sender = BatchSender(producer, rt.names.raw, raw_partitions)
+    sender = BatchSender(producer, rt.names.raw, raw_partitions,
+                         timeout=rt.settings.webhook.ack_timeout_seconds)
     runner = web.AppRunner(make_app(rt, sender), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)

@@ -9,7 +9,6 @@ Kafka not acking in time 503 with Retry-After; else 202, answered after Kafka ac
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -89,8 +88,7 @@ class Receiver:
         headers = raw_headers(pid, pipeline.team_id, "webhook", received_ms, ingest_id,
                               request.content_type or "application/json")
         try:
-            async with asyncio.timeout(self.settings.ack_timeout_seconds):
-                await self.sender.send(pid.encode(), body, headers, received_ms)
+            await self.sender.send(pid.encode(), body, headers, received_ms)
         except (TimeoutError, KafkaError) as exc:
             log.warning("webhook for %s not written: %s", pid, type(exc).__name__)
             if dedup_key:

@@ -42,16 +42,19 @@ class BatchSender:
     gather, and go as the next batch the moment the previous one is acknowledged (batching
     that follows load, like the producer's own accumulator, without its per-record cost)."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: int) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: int,
+                 timeout: float = 5.0) -> None:
         self.producer = producer
         self.topic = topic
         self.partitions = partitions
+        self.timeout = timeout  # per batch: a record waits at most two batches' timeouts
         self._pending: dict[int, list[_Item]] = defaultdict(list)
         self._writers: dict[int, asyncio.Task[None]] = {}
 
     async def send(self, key: bytes, value: bytes, headers: Headers,
                    timestamp_ms: int | None = None) -> tuple[int, int]:
-        """Write one record; return (partition, offset) once Kafka acknowledged it."""
+        """Write one record; return (partition, offset) once Kafka acknowledged it.
+        Raises `TimeoutError` when Kafka did not acknowledge in time, or the Kafka error."""
         done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         partition = partition_for(key, self.partitions)
         self._pending[partition].append(_Item(key, value, headers, timestamp_ms, done))
@@ -83,8 +86,10 @@ class BatchSender:
                 start += 1
                 continue
             try:
-                sent = await self.producer.send_batch(batch, self.topic, partition=partition)
-                meta = await sent
+                async with asyncio.timeout(self.timeout):
+                    sent = await self.producer.send_batch(batch, self.topic,
+                                                          partition=partition)
+                    meta = await asyncio.shield(sent)
             except Exception as exc:  # every caller of this batch learns why
                 _fail(items[start:end], exc)
             else:
