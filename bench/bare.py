@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from mode.loop import use as use_loop
 
 BODY_SIZE = 700
 
@@ -111,6 +112,7 @@ def main() -> None:
     poll.add_argument("--interval", type=float, default=1.0)
     poll.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
+    use_loop("uvloop")  # the event loop `dashpipe run` uses: baselines run on the same
     if args.mode == "poll":
         asyncio.run(poll_loop(args.base, args.count, args.topic, args.interval,
                               args.concurrency))

@@ -46,7 +46,10 @@ def make_app(settings: Settings, bootstrap: str, roles: list[str]) -> faust.App:
 
 def run(settings: Settings, bootstrap: str, roles: list[str], loglevel: str = "info") -> None:
     """Run the roles in this process until a signal stops it."""
+    import mode.loop
     from faust.worker import Worker
+
+    mode.loop.use("uvloop")  # faust-streaming[uvloop]: ~1.5x the requests per CPU second
 
     app = make_app(settings, bootstrap, roles)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
