@@ -21,7 +21,14 @@ from collections import deque
 from collections.abc import Callable
 
 import orjson
-from harness import bootstrap_servers, java_tool, record, scratch_topic, setup_logging
+from harness import (
+    bootstrap_servers,
+    java_tool,
+    record,
+    record_args,
+    scratch_topic,
+    setup_logging,
+)
 
 from dashpipe import kafka
 from dashpipe.settings import KafkaSettings, Settings, load_settings
@@ -102,15 +109,7 @@ async def baseline(settings: Settings, servers: str, topic: str, n: int,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--size", type=int, default=700, help="payload bytes per record")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="small smoke run (20k records)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.records, args.rounds = min(args.records, 20_000), 1
-    return args
+    return record_args(__doc__, argv)
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ across runs.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -311,3 +312,16 @@ def machine_busy() -> tuple[float, float]:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return float(sum(values) - idle), float(sum(values))
+
+
+def record_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The flags the Kafka client benchmarks share: records, size, rounds, quick."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--size", type=int, default=700, help="payload bytes per record")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="small smoke run (20k records)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.records, args.rounds = min(args.records, 20_000), 1
+    return args
