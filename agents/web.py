@@ -8,6 +8,7 @@ import logging
 
 from aiohttp import web
 
+from agents.dedup import SeenIds
 from agents.webhooks import Receiver
 from dashpipe import api, kafka
 from dashpipe.batcher import BatchSender
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 def make_app(rt: Runtime, sender: BatchSender) -> web.Application:
     max_body = rt.settings.webhook.max_body_bytes
     app = web.Application(client_max_size=max_body)
-    receiver = Receiver(rt.registry, sender, rt.settings.webhook, rt.metrics)
+    receiver = Receiver(rt.registry, sender, rt.settings.webhook, rt.metrics,
+                        SeenIds(ttl=rt.settings.webhook.dedup_seconds))
     app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
     app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body))
 

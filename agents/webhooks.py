@@ -39,12 +39,8 @@ class Receiver:
     sender: BatchSender
     settings: WebhookSettings
     metrics: Metrics
+    seen: SeenIds
     limiter: RateLimiter = field(default_factory=RateLimiter)
-    seen: SeenIds | None = None
-
-    def __post_init__(self) -> None:
-        if self.seen is None:
-            self.seen = SeenIds(ttl=self.settings.dedup_seconds)
 
     async def handle(self, request: web.Request) -> web.Response:
         pid = request.match_info["pipeline_id"]
@@ -74,7 +70,6 @@ class Receiver:
         except jsonio.InvalidJson as exc:
             return self._reject(pid, 400, str(exc))
         dedup_key = f"{pid}/{verified.webhook_id}" if verified.webhook_id else None
-        assert self.seen is not None
         if dedup_key and not self.seen.first(dedup_key):
             return json_response({"status": "duplicate", "pipeline_id": pid}, 202)
         wait = self.limiter.take(pid, pipeline.rate_limit_per_minute)

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +51,14 @@ def endpoints(settings: Settings) -> Endpoints:
 
 
 async def wait_for_kafka(bootstrap: str, timeout: float = 90.0,
-                         alive: object = None) -> None:
+                         alive: Callable[[], bool] | None = None) -> None:
     """Return once the broker answers a metadata request; raise after `timeout` seconds."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if callable(alive) and not alive():
+        if alive is not None and not alive():
             raise StackError("the Kafka broker exited while starting")
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
         try:
