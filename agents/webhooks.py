@@ -81,7 +81,7 @@ class Receiver:
         ingest_id = verified.webhook_id or os.urandom(16).hex()
         received_ms = int(time.time() * 1000)
         headers = raw_headers(pid, pipeline.team_id, "webhook", received_ms, ingest_id,
-                              request.content_type or "application/json")
+                              request.headers.get("Content-Type") or "application/json")
         try:
             await self.sender.send(pid.encode(), body, headers, received_ms)
         except (TimeoutError, KafkaError) as exc:

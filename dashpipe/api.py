@@ -42,41 +42,39 @@ async def read_json(request: web.Request) -> Any:
                                  content_type="application/json") from None
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map known failures to 4xx/503; anything else is logged and answered without details."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json":
-            raise
-        return error(exc.status, exc.reason, headers=dict(exc.headers) if exc.status == 405
-                     else None)
-    except Invalid as exc:
-        return error(422, "invalid pipeline", errors=exc.errors)
-    except NotFound as exc:
-        return error(404, str(exc))
-    except Conflict as exc:
-        return error(409, str(exc))
-    except Unavailable as exc:
-        return error(503, str(exc), headers={"Retry-After": str(int(exc.retry_after) or 1)})
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error(500, "internal error")
+def guarded(handler: Handler) -> Handler:
+    """An API handler behind the bearer-token check and the error mapping. A wrapper per
+    route, not app middlewares: aiohttp runs an app's middlewares (and, for a parent app, a
+    per-request wrapper) on every route of the server, the webhook hot path included."""
 
+    async def guard(request: web.Request) -> web.StreamResponse:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        team = request.app[API_SETTINGS].team_for(token.strip()) \
+            if scheme.lower() == "bearer" else None
+        if team is None:
+            return error(401, "missing or unknown bearer token",
+                         headers={"WWW-Authenticate": 'Bearer realm="dashpipe"'})
+        request[TEAM] = team
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.content_type == "application/json":
+                raise
+            return error(exc.status, exc.reason)
+        except Invalid as exc:
+            return error(422, "invalid pipeline", errors=exc.errors)
+        except NotFound as exc:
+            return error(404, str(exc))
+        except Conflict as exc:
+            return error(409, str(exc))
+        except Unavailable as exc:
+            return error(503, str(exc),
+                         headers={"Retry-After": str(int(exc.retry_after) or 1)})
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error(500, "internal error")
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/api/"):
-        return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    team = request.app[API_SETTINGS].team_for(token.strip()) if scheme.lower() == "bearer" \
-        else None
-    if team is None:
-        return error(401, "missing or unknown bearer token",
-                     headers={"WWW-Authenticate": 'Bearer realm="dashpipe"'})
-    request[TEAM] = team
-    return await handler(request)
+    return guard
 
 
 def _service(request: web.Request) -> PipelineService:
@@ -129,20 +127,18 @@ async def resume_pipeline(request: web.Request) -> web.Response:
 
 
 def make_api(service: PipelineService, settings: ApiSettings, max_body: int) -> web.Application:
-    """The `/api/` sub-application: its middlewares (auth, error mapping) run for it alone,
-    not on the webhook hot path."""
-    app = web.Application(middlewares=[errors_middleware, auth_middleware],
-                          client_max_size=max_body)
+    """The `/api/` sub-application; every route is `guarded`."""
+    app = web.Application(client_max_size=max_body)
     app[SERVICE] = service
     app[API_SETTINGS] = settings
-    app.router.add_get("/pipelines", list_pipelines)
-    app.router.add_post("/pipelines", create_pipeline)
-    app.router.add_get("/pipelines/{id}", get_pipeline)
-    app.router.add_put("/pipelines/{id}", put_pipeline)
-    app.router.add_patch("/pipelines/{id}", patch_pipeline)
-    app.router.add_delete("/pipelines/{id}", delete_pipeline)
-    app.router.add_post("/pipelines/{id}/pause", pause_pipeline)
-    app.router.add_post("/pipelines/{id}/resume", resume_pipeline)
+    app.router.add_get("/pipelines", guarded(list_pipelines))
+    app.router.add_post("/pipelines", guarded(create_pipeline))
+    app.router.add_get("/pipelines/{id}", guarded(get_pipeline))
+    app.router.add_put("/pipelines/{id}", guarded(put_pipeline))
+    app.router.add_patch("/pipelines/{id}", guarded(patch_pipeline))
+    app.router.add_delete("/pipelines/{id}", guarded(delete_pipeline))
+    app.router.add_post("/pipelines/{id}/pause", guarded(pause_pipeline))
+    app.router.add_post("/pipelines/{id}/resume", guarded(resume_pipeline))
     return app
 
 

@@ -7,9 +7,11 @@ sends, `getmany`), see README "Where Faust is used".
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import faust
+from faust.app.base import BootStrategy
 
 from dashpipe.runtime import open_runtime, run_roles
 from dashpipe.settings import Settings
@@ -32,9 +34,14 @@ def make_app(settings: Settings, bootstrap: str, roles: list[str]) -> faust.App:
         topic_allow_declare=False,
     )
 
+    # faust's own Kafka clients (its consumer thread, group and assignor topic) and sensors stay
+    # off: the roles bring their own aiokafka clients, faust runs the worker lifecycle only
+    app.boot_strategy = BootStrategy(app, enable_kafka=False, enable_sensors=False)
+
     async def main() -> None:
         try:
             async with open_runtime(settings, bootstrap) as rt:
+                gc.freeze()  # start-up objects live forever: keep them out of every collection
                 await run_roles(rt, roles)
         except Exception as exc:
             log.error("dashpipe stopped: %s", exc)

@@ -29,7 +29,7 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (hashed & 0x7FFFFFFF) % partitions
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Item:
     key: bytes
     value: bytes
@@ -52,16 +52,17 @@ class BatchSender:
         self._pending: dict[int, list[_Item]] = defaultdict(list)
         self._writers: dict[int, asyncio.Task[None]] = {}
 
-    async def send(self, key: bytes, value: bytes, headers: Headers,
-                   timestamp_ms: int | None = None) -> tuple[int, int]:
-        """Write one record; return (partition, offset) once Kafka acknowledged it.
-        Raises `TimeoutError` when Kafka did not acknowledge in time, or the Kafka error."""
+    def send(self, key: bytes, value: bytes, headers: Headers,
+             timestamp_ms: int | None = None) -> asyncio.Future[tuple[int, int]]:
+        """Queue one record; the future gives (partition, offset) once Kafka acknowledged it,
+        or raises `TimeoutError` when Kafka did not acknowledge in time, or the Kafka error.
+        (A plain function returning the future: one coroutine less per record.)"""
         done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         partition = partition_for(key, self.partitions)
         self._pending[partition].append(_Item(key, value, headers, timestamp_ms, done))
         if partition not in self._writers:
             self._writers[partition] = asyncio.create_task(self._drain(partition))
-        return await done
+        return done
 
     async def _drain(self, partition: int) -> None:
         try:

@@ -54,6 +54,8 @@ class RateLimiter:
         return len(self._tat)
 
     def _now(self) -> int:
+        if self._clock is time.monotonic:
+            return time.monotonic_ns()
         return round(self._clock() * 1e9)
 
     def _sweep(self, now: int) -> None:

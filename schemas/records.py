@@ -8,6 +8,7 @@ in Kafka headers (see `RawMetadata.to_headers`). Silver (`<prefix>.transformed`)
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -112,12 +113,12 @@ def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, i
                 http_status: int | None = None) -> list[tuple[str, bytes]]:
     """The Kafka headers of a Bronze record (what `RawMetadata.to_headers` gives), built
     without a model: this runs once per received payload."""
-    received = datetime.fromtimestamp(received_ms / 1000, UTC)
+    seconds, millis = divmod(received_ms, 1000)
     out = [
         ("dashpipe-pipeline-id", pipeline_id.encode()),
         ("dashpipe-team-id", team_id.encode()),
         ("dashpipe-source", source.encode()),
-        ("dashpipe-received-at", _iso(received).encode()),
+        ("dashpipe-received-at", b"%s.%03dZ" % (_iso_second(seconds), millis)),
         ("dashpipe-ingest-id", ingest_id.encode()),
         ("content-type", content_type.encode()),
     ]
@@ -127,6 +128,12 @@ def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, i
         out.append(("dashpipe-http-status", str(http_status).encode()))
     out.append(("dashpipe-schema-version", str(SCHEMA_VERSION).encode()))
     return out
+
+
+@lru_cache(maxsize=4)
+def _iso_second(seconds: int) -> bytes:
+    """`2026-11-29T04:08:16` for unix `seconds`, cached: consecutive records share it."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
 
 
 def _iso(value: datetime) -> str:
