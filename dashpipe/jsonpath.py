@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 _KEY: Final = 0
@@ -66,6 +67,42 @@ class JsonPath:
                     return MISSING
                 node = node[arg]
         return node
+
+    def getter(self) -> Callable[[Any], Any]:
+        """`get` as a plain function, specialised for paths of one to three names (the common
+        case: a lookup chain that treats any failed step as `MISSING`)."""
+        if self.has_wildcard or len(self._steps) > 3 or \
+                any(kind != _KEY for kind, _ in self._steps):
+            return self.get
+        keys = [arg for _, arg in self._steps]
+        if not keys:
+            return lambda doc: doc
+        if len(keys) == 1:
+            (k1,) = keys
+
+            def get1(doc: Any) -> Any:
+                try:
+                    return doc[k1]
+                except (KeyError, TypeError):  # absent, or not an object (JSON has no others)
+                    return MISSING
+            return get1
+        if len(keys) == 2:
+            k1, k2 = keys
+
+            def get2(doc: Any) -> Any:
+                try:
+                    return doc[k1][k2]
+                except (KeyError, TypeError):
+                    return MISSING
+            return get2
+        k1, k2, k3 = keys
+
+        def get3(doc: Any) -> Any:
+            try:
+                return doc[k1][k2][k3]
+            except (KeyError, TypeError):
+                return MISSING
+        return get3
 
     def select(self, doc: Any) -> list[Any]:
         """Every match, in document order (0 or 1 item when the path has no wildcard)."""

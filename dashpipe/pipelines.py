@@ -15,7 +15,7 @@ from dashpipe.registry import Registry, RegistryWriter
 from dashpipe.settings import ADMIN
 from schemas.pipeline import Pipeline, keep_masked
 
-SERVER_FIELDS = ("created_at", "updated_at")
+SERVER_FIELDS = ("created_at", "updated_at", "mapping_version")
 VIEW_FIELDS = ("error_message", "last_run_at", "next_due_at", "cursor")  # runtime, read-only
 
 
@@ -110,7 +110,9 @@ class PipelineService:
         if data["id"] in self.registry.pipelines:
             raise Conflict(f"pipeline {data['id']!r} already exists")
         now = _now()
-        pipeline = parse({**data, "created_at": now, "updated_at": now})
+        pipeline = parse({**data, "created_at": now, "updated_at": now,
+                          "mapping_version": 1 if data.get("data_mapping") else 0})
+        self._check_source(pipeline)
         await self.writer.put(pipeline)
         return pipeline
 
@@ -132,12 +134,36 @@ class PipelineService:
 
     async def _save(self, old: Pipeline, data: dict[str, Any]) -> Pipeline:
         data = keep_masked(data, old.model_dump(mode="json"))
-        new = parse({**data, "created_at": old.created_at, "updated_at": old.updated_at})
+        new = parse({**data, "created_at": old.created_at, "updated_at": old.updated_at,
+                     "mapping_version": old.mapping_version})
         if new.model_dump() == old.model_dump():  # (== would also compare private caches)
             return old
-        new = new.model_copy(update={"updated_at": _now()})
+        self._check_source(new)
+        version = old.mapping_version + (new.data_mapping != old.data_mapping)
+        new = new.model_copy(update={"updated_at": _now(), "mapping_version": version})
         await self.writer.put(new)
         return new
+
+    def _check_source(self, p: Pipeline) -> None:
+        """A derived pipeline reads an existing pipeline of its own team, and no chain of
+        sources leads back to it."""
+        if p.source_type != "pipeline":
+            return
+        chain = [p.id]
+        current: Pipeline | None = p
+        while current is not None and current.source_type == "pipeline":
+            parent_id = str(current.source_config["pipeline_id"])
+            if parent_id in chain:
+                cycle = " -> ".join([*chain, parent_id])
+                raise Invalid([{"loc": "source_config.pipeline_id",
+                                "msg": f"pipelines may not feed themselves: {cycle}"}])
+            chain.append(parent_id)
+            current = self.registry.pipelines.get(parent_id)
+            if current is None or current.team_id != p.team_id:
+                if len(chain) == 2:  # another team's pipeline is as good as unknown
+                    raise Invalid([{"loc": "source_config.pipeline_id",
+                                    "msg": f"pipeline {parent_id!r} not found"}])
+                return
 
     async def set_status(self, pipeline_id: str, team: str,
                          status: Literal["active", "paused"]) -> Pipeline:

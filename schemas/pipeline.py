@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -22,8 +22,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails
+from pydantic_core.core_schema import ErrorType
 
 from dashpipe.jsonpath import compile_path
+from schemas.mapping import Mapping
 
 PipelineType = Literal["polling", "realtime", "derived"]
 SourceType = Literal["http_api", "graphql", "webhook", "pipeline"]
@@ -164,13 +166,18 @@ class Pipeline(BaseModel):
     interval_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     source_type: SourceType
     source_config: dict[str, Any] = Field(default_factory=dict)
-    data_mapping: dict[str, Any] | None = None
+    data_mapping: dict[str, Any] | None = Field(
+        default=None, description="a mapping spec (schemas/mapping.schema.json); absent: each "
+        "payload passes through as one row")
+    mapping_version: int = Field(default=0, ge=0, description="set by the server: 1 for the "
+                                 "first mapping, +1 on every change; 0 without one")
     persist_data: bool = False
     sinks: list[SinkSpec] = Field(default_factory=list)
     rate_limit_per_minute: int = Field(default=100, ge=1, le=1_000_000)
     created_at: datetime | None = None
     updated_at: datetime | None = None
     _source: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
+    _mapping: tuple[dict[str, Any], Mapping] | None = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -191,6 +198,15 @@ class Pipeline(BaseModel):
                     model.source_config = typed.model_dump(mode="json")
             except ValidationError as exc:
                 errors += _details(exc, prefix=("source_config",))
+        spec = data.get("data_mapping") if isinstance(data, dict) else None
+        if spec is not None:
+            try:
+                typed_mapping = Mapping.model_validate(spec)
+                if model is not None:
+                    model.data_mapping = typed_mapping.model_dump(
+                        mode="json", by_alias=True, exclude_unset=True)
+            except ValidationError as exc:
+                errors += _details(exc, prefix=("data_mapping",))
         if model is not None:
             errors += model._fit_errors()
         if errors:
@@ -218,6 +234,16 @@ class Pipeline(BaseModel):
             cached = self._source = (self.source_config, typed)
         return cached[1]
 
+    def mapping(self) -> Mapping | None:
+        """The typed mapping spec, parsed once; None when the pipeline has none."""
+        if self.data_mapping is None:
+            return None
+        cached = self._mapping
+        if cached is None or cached[0] is not self.data_mapping:
+            cached = self._mapping = (self.data_mapping,
+                                      Mapping.model_validate(self.data_mapping))
+        return cached[1]
+
     def public(self) -> dict[str, Any]:
         """The definition as an API answers it: every secret masked."""
         masked: dict[str, Any] = mask_secrets(self.model_dump(mode="json"))
@@ -228,11 +254,14 @@ def _error(loc: tuple[str, ...], value: Any, message: str) -> InitErrorDetails:
     return InitErrorDetails(type="value_error", loc=loc, input=value, ctx={"error": message})
 
 
+_KNOWN_ERRORS = frozenset(get_args(ErrorType)) - {"value_error"}
+
+
 def _details(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[InitErrorDetails]:
     out: list[InitErrorDetails] = []
     for e in exc.errors():
         ctx = e.get("ctx") or {}
-        if e["type"] == "value_error":  # keep the message, drop the exception object
+        if e["type"] == "value_error" or e["type"] not in _KNOWN_ERRORS:  # custom: keep the msg
             message = e["msg"].removeprefix("Value error, ")
             out.append(_error((*prefix, *map(str, e["loc"])), e["input"], message))
             continue
