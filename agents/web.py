@@ -12,6 +12,7 @@ from agents.dedup import SeenIds
 from agents.webhooks import Receiver
 from dashpipe import api, kafka
 from dashpipe.batcher import BatchSender
+from dashpipe.deadletters import DeadLetterCounts
 from dashpipe.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ async def run_web(rt: Runtime) -> None:
     raw_partitions = len(await kafka.partitions(producer, rt.names.raw))
     sender = BatchSender(producer, rt.names.raw, raw_partitions,
                          timeout=rt.settings.webhook.ack_timeout_seconds)
+    counts = DeadLetterCounts(rt.bootstrap, rt.settings.kafka, rt.names.dlq, rt.metrics)
+    rt.service.dead_letters = counts.of
+    counting = asyncio.create_task(counts.run(), name="dead-letter counts")
     runner = web.AppRunner(make_app(rt, sender), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)
@@ -63,4 +67,5 @@ async def run_web(rt: Runtime) -> None:
     try:
         await asyncio.Event().wait()
     finally:
+        counting.cancel()
         await runner.cleanup()

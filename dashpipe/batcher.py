@@ -105,3 +105,27 @@ def _fail(items: list[_Item], exc: BaseException) -> None:
     for item in items:
         if not item.done.done():
             item.done.set_exception(exc)
+
+
+Record = tuple[bytes | None, bytes, Headers, int | None]  # key, value, headers, timestamp ms
+
+
+async def send_records(producer: AIOKafkaProducer,
+                       records: dict[tuple[str, int], list[Record]]) -> None:
+    """Write many records, already sorted by (topic, partition), as batches, and return once
+    Kafka acknowledged all of them (or raise the first error). The consumer-side counterpart
+    of `BatchSender`: a stream processor writes one `getmany` worth at a time."""
+    acks: list[asyncio.Future[object]] = []
+    for (topic, partition), items in records.items():
+        batch = producer.create_batch()
+        for key, value, headers, timestamp in items:
+            if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
+                acks.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=timestamp,
+                                headers=headers) is None:
+                    raise ValueError(f"a record of {len(value)} bytes is larger than a batch")
+        if batch.record_count():
+            acks.append(await producer.send_batch(batch, topic, partition=partition))
+    if acks:
+        await asyncio.gather(*acks)

@@ -149,7 +149,7 @@ async def _pipelines(settings: Settings, args: argparse.Namespace, docs: list[An
                 print(f"dashpipe: error: {name}: {len(errors)} problem(s); "
                       "no pipeline was applied", file=sys.stderr)
                 return 2
-            for doc in docs:
+            for doc in pipeline_files.in_order(docs):
                 pipeline, outcome = await svc.apply(doc)
                 print(f"{pipeline.id} {outcome}")
         elif args.action == "list":

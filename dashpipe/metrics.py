@@ -10,6 +10,12 @@ HELP = {
     "dashpipe_polled_total": ("counter", "Poll pages written to Bronze"),
     "dashpipe_failed_total": ("counter", "Failed polls and rejected webhooks"),
     "dashpipe_poll_seconds": ("summary", "Duration of a poll, fetch to Kafka ack"),
+    "dashpipe_mapped_total": ("counter", "Rows this map process wrote to the transformed topic"),
+    "dashpipe_filtered_total": ("counter", "Rows this map process dropped by the filter"),
+    "dashpipe_map_dead_letters_total": ("counter", "Dead letters this map process wrote"),
+    "dashpipe_map_skipped_total": ("counter", "Raw records of deleted pipelines, not mapped"),
+    "dashpipe_dead_letters_total": ("counter", "Records in the dead-letter topic, by pipeline "
+                                    "and stage (counted from the topic)"),
 }
 
 
@@ -28,6 +34,11 @@ class Metrics:
         sc = self._sums[name].setdefault(key, [0.0, 0.0])
         sc[0] += seconds
         sc[1] += 1
+
+    def reset(self, name: str) -> None:
+        """Forget every series of `name` (a view rebuilt from the log)."""
+        self._counters.pop(name, None)
+        self._sums.pop(name, None)
 
     def value(self, name: str, **labels: str) -> float:
         return self._counters[name].get(tuple(sorted(labels.items())), 0.0)

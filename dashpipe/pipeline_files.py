@@ -128,6 +128,11 @@ def check(docs: list[Any], existing: Mapping[str, Pipeline]) -> list[str]:
         if old is None:
             errors += [f"{name}: {path}: a masked value ({MASK}) only keeps the secret of an "
                        "existing pipeline; give the real value" for path in masked_paths(data)]
+        parent = _source_pipeline(data)
+        if parent is not None and parent not in existing and \
+                not any(isinstance(d, dict) and d.get("id") == parent for d in docs):
+            errors.append(f"{name}: source_config.pipeline_id: pipeline {parent!r} not found "
+                          "(neither in the file nor in the registry)")
         try:
             parse(data)
         except Invalid as exc:
@@ -136,6 +141,36 @@ def check(docs: list[Any], existing: Mapping[str, Pipeline]) -> list[str]:
                 errors.append(f"{name}: {e['loc']}: {message}" if e["loc"] else
                               f"{name}: {message}")
     return errors
+
+
+def _source_pipeline(doc: dict[str, Any]) -> str | None:
+    config = doc.get("source_config")
+    if doc.get("source_type") == "pipeline" and isinstance(config, dict):
+        parent = config.get("pipeline_id")
+        return parent if isinstance(parent, str) else None
+    return None
+
+
+def in_order(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents with every pipeline after the pipeline it reads from (when both are in
+    the file), otherwise in file order."""
+    by_id = {d.get("id"): d for d in docs}
+    done: list[dict[str, Any]] = []
+    seen: set[int] = set()
+
+    def visit(doc: dict[str, Any], depth: int = 0) -> None:
+        if id(doc) in seen:
+            return
+        parent = by_id.get(_source_pipeline(doc))
+        if parent is not None and depth < len(docs):  # a cycle is the service's to report
+            visit(parent, depth + 1)
+        if id(doc) not in seen:
+            seen.add(id(doc))
+            done.append(doc)
+
+    for doc in docs:
+        visit(doc)
+    return done
 
 
 def masked_paths(value: Any, path: str = "") -> list[str]:

@@ -7,6 +7,7 @@ team's pipeline is reported as not found, never as forbidden.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,7 +17,8 @@ from dashpipe.settings import ADMIN
 from schemas.pipeline import Pipeline, keep_masked
 
 SERVER_FIELDS = ("created_at", "updated_at", "mapping_version")
-VIEW_FIELDS = ("error_message", "last_run_at", "next_due_at", "cursor")  # runtime, read-only
+VIEW_FIELDS = ("error_message", "last_run_at", "next_due_at", "cursor",
+               "dead_letters")  # runtime, read-only
 
 
 class NotFound(DashpipeError):
@@ -69,6 +71,8 @@ class PipelineService:
     def __init__(self, registry: Registry, writer: RegistryWriter) -> None:
         self.registry = registry
         self.writer = writer
+        # pipeline id -> dead letters per stage; set by the web role, which counts them
+        self.dead_letters: Callable[[str], dict[str, int]] | None = None
 
     def view(self, p: Pipeline) -> dict[str, Any]:
         """What the API shows: the definition with secrets masked, plus runtime status."""
@@ -80,6 +84,8 @@ class PipelineService:
         out["last_run_at"] = st.last_run_at.isoformat() if st and st.last_run_at else None
         out["next_due_at"] = st.next_due_at.isoformat() if st and st.next_due_at else None
         out["cursor"] = st.cursor if st else None
+        if self.dead_letters is not None:
+            out["dead_letters"] = self.dead_letters(p.id)
         return out
 
     def list(self, team: str) -> list[Pipeline]:

@@ -98,6 +98,14 @@ class Registry:
             log.warning("skipping unreadable %s record for %s: %s", topic, pid,
                         exc.errors()[0]["msg"])
 
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Return once this process has read every definition written before the call."""
+        tps = [tp for tp in self._positions if tp.topic == self.names.pipelines]
+        ends = await self._consumer.end_offsets(tps)
+        for tp, end in ends.items():
+            if end > 0:
+                await self.wait_for(tp, end - 1, timeout)
+
     async def wait_for(self, tp: TopicPartition, offset: int, timeout: float = 10.0) -> None:
         """Return once this process has read the record at `offset` of `tp`."""
         async def caught_up() -> None:

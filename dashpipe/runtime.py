@@ -80,11 +80,12 @@ def role_mains() -> dict[str, RoleMain]:
     """Role name -> its main coroutine (imported here, so a process loads only what it runs)."""
     from agents.poller import run_poller
     from agents.web import run_web
+    from streams.mapper import run_mapper
 
-    async def idle(rt: Runtime) -> None:  # filled in by the transform / persist / deliver issues
+    async def idle(rt: Runtime) -> None:  # filled in by the persist / deliver issues
         await asyncio.Event().wait()
 
-    return {"web": run_web, "poll": run_poller, "map": idle, "persist": idle, "deliver": idle}
+    return {"web": run_web, "poll": run_poller, "map": run_mapper, "persist": idle, "deliver": idle}
 
 
 async def run_roles(rt: Runtime, roles: list[str]) -> None:

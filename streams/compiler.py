@@ -253,6 +253,10 @@ def _text(v: Any) -> str:
     return orjson.dumps(v).decode()
 
 
+def _constant(value: Any) -> Value:
+    return lambda rec: value
+
+
 def _source(spec: FieldSpec) -> tuple[Value, str]:
     """The extraction of a field's raw value (MISSING or None when absent), and its path text."""
     if spec.path is not None:
@@ -271,8 +275,7 @@ def _source(spec: FieldSpec) -> tuple[Value, str]:
         parts: list[Value] = []
         for part in spec.concat:
             if isinstance(part, Const):
-                text = _text(part.const)
-                parts.append(lambda rec, text=text: text)
+                parts.append(_constant(_text(part.const)))
             else:
                 parts.append(compile_path(part).getter())
         sep = spec.separator
@@ -282,8 +285,7 @@ def _source(spec: FieldSpec) -> tuple[Value, str]:
             present = [_text(v) for v in found if v is not None and v is not MISSING]
             return sep.join(present) if present else MISSING
         return concat, " + ".join(p if isinstance(p, str) else "const" for p in spec.concat)
-    const = spec.const
-    return (lambda rec: const), "const"
+    return _constant(spec.const), "const"
 
 
 def _field(name: str, spec: FieldSpec) -> Value:

@@ -147,7 +147,7 @@ async def test_list_json_applies_back_unchanged(dashpipe: Run, tmp_path: Path) -
 
 
 async def test_apply_reads_stdin(dashpipe: Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    one: dict[str, Any] = {"id": "s", "team_id": "t", "name": "s", "type": "derived",
-                           "source_type": "pipeline", "source_config": {"pipeline_id": "x"}}
+    one: dict[str, Any] = {"id": "s", "team_id": "t", "name": "s", "type": "realtime",
+                           "source_type": "webhook", "source_config": {"webhook_secret": "x"}}
     monkeypatch.setattr("sys.stdin", io.StringIO(orjson.dumps(one).decode()))
     assert await dashpipe("pipelines", "apply", "-f", "-") == (0, "s created\n", "")

@@ -3,48 +3,17 @@ live changes and restarts."""
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from dashpipe.settings import ADMIN, PollSettings, Settings
 from schemas.records import RawMetadata
 from tests.helpers import read_topic, topic_size, wait_until
+from tests.integration.conftest import FakeApi
 
 FAST = PollSettings(retry_base_seconds=0.5, retry_cap_seconds=2, tick_seconds=0.05)
-
-
-class FakeApi:
-    """A local API whose answers a test sets; it records every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[web.Request] = []
-        self.answer: Callable[[web.Request], web.Response] = lambda r: web.json_response({})
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append(request)
-        return self.answer(request)
-
-    def hits(self, path: str) -> int:
-        return sum(1 for r in self.requests if r.path == path)
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeApi]:
-    fake = FakeApi()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    yield fake
-    await runner.cleanup()
 
 
 def polling(pid: str, url: str, interval: int = 60, **source: Any) -> dict[str, Any]:

@@ -99,6 +99,26 @@ def test_duplicate_ids_are_refused() -> None:
     assert errors == ["a: id: appears more than once in the file (#1 and #2)"]
 
 
+def derived(pid: str, parent: str) -> dict[str, Any]:
+    return {"id": pid, "team_id": "team-a", "name": pid, "type": "derived",
+            "source_type": "pipeline", "source_config": {"pipeline_id": parent}}
+
+
+def test_derived_pipelines_apply_after_their_source() -> None:
+    docs = [derived("c", "b"), derived("b", "a"), webhook("a"), webhook("z")]
+    assert check(docs, {}) == []
+    assert [d["id"] for d in pipeline_files.in_order(docs)] == ["a", "b", "c", "z"]
+    cycle = [derived("x", "y"), derived("y", "x")]
+    assert sorted(d["id"] for d in pipeline_files.in_order(cycle)) == ["x", "y"]
+
+
+def test_a_derived_pipeline_needs_a_known_source() -> None:
+    assert check([derived("c", "nowhere")], {}) == [
+        "c: source_config.pipeline_id: pipeline 'nowhere' not found (neither in the file nor "
+        "in the registry)"]
+    assert check([derived("c", "known")], {"known": parse(webhook("known"))}) == []
+
+
 def test_masked_secrets_keep_an_existing_secret_only() -> None:
     masked = webhook("a", source_config={"webhook_secret": "***"})
     assert check([masked], {}) == [
