@@ -2,8 +2,9 @@
 
 In one process: the sample earthquake API (`dashpipe.sample_api`), two pipelines of team
 `demo` applied to the log (`demo-quakes` polls the sample API every 5 s with an incremental
-cursor; `demo-webhook` receives signed webhooks), every role, and a tail of Bronze that prints
-each demo record as it lands. The webhook secret is generated once and then read back from the
+cursor and maps each quake to a typed row; `demo-webhook` receives signed webhooks, passed
+through unmapped), every role, and a tail of Bronze and of the transformed topic that prints
+each demo record and row as it lands. The webhook secret is generated once and then read back from the
 registry, so a `curl` printed by an earlier run keeps working.
 """
 
@@ -59,13 +60,30 @@ class DemoInfo:
         return shlex.join([*argv, "--data-raw", self.body.decode()])
 
 
+QUAKE_MAPPING: dict[str, Any] = {
+    "records": "features[*]",
+    "time": {"path": "properties.time", "format": "epoch_ms"},
+    "key": "quake_id",
+    "fields": {
+        "quake_id": {"path": "id", "type": "string", "required": True},
+        "mag": {"path": "properties.mag", "type": "float", "required": True},
+        "place": {"path": "properties.place", "type": "string"},
+        "depth_km": {"path": "geometry.coordinates[2]", "type": "float"},
+        "felt": {"path": "properties.felt", "type": "integer", "default": 0},
+        "magnitude_type": {"path": "properties.magType", "transforms": ["upper"]},
+    },
+    "filter": {"field": "mag", "op": ">=", "value": 0},
+}
+
+
 def pipelines(api_url: str, webhook_secret: str) -> list[dict[str, Any]]:
     """The two demo definitions, as `dashpipe pipelines apply` takes them."""
     return [
         {"id": QUAKES, "team_id": TEAM, "name": "Sample earthquakes", "type": "polling",
          "source_type": "http_api", "interval_seconds": 5,
          "source_config": {"url": api_url, "params": {"limit": 100},
-                           "cursor": {"path": "metadata.last_time", "param": "since"}}},
+                           "cursor": {"path": "metadata.last_time", "param": "since"}},
+         "data_mapping": QUAKE_MAPPING, "persist_data": True},
         {"id": WEBHOOK, "team_id": TEAM, "name": "Demo webhook", "type": "realtime",
          "source_type": "webhook", "source_config": {"webhook_secret": webhook_secret}},
     ]
@@ -128,6 +146,30 @@ async def tail_raw(rt: Runtime, ids: set[str], out: Callable[[str], None],
                 for record in records:
                     if record.key is not None and record.key.decode(errors="replace") in ids:
                         out(f"bronze  {describe(record)}")
+
+
+async def tail_transformed(rt: Runtime, ids: set[str], out: Callable[[str], None],
+                           started: asyncio.Event | None = None) -> None:
+    """Print every transformed row of `ids` written from now on."""
+    consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)
+    async with kafka.started(consumer):
+        tps = await kafka.partitions(consumer, rt.names.transformed)
+        consumer.assign(tps)
+        for tp, end in (await consumer.end_offsets(tps)).items():
+            consumer.seek(tp, end)
+        if started is not None:
+            started.set()
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    row = orjson.loads(record.value or b"{}")
+                    if row.get("pipeline_id") in ids:
+                        lineage = row.get("lineage", {})
+                        fields = orjson.dumps(row.get("fields")).decode()
+                        out(f"silver  {row['pipeline_id']} {row.get('time')} "
+                            f"(raw p{lineage.get('raw_partition')}@{lineage.get('raw_offset')}"
+                            f" row {lineage.get('row_index')}) {fields[:120]}")
 
 
 def watch_command(settings: Settings, bootstrap: str, local_kafka: bool, topic: str) -> str:
@@ -200,11 +242,13 @@ async def run_demo(settings: Settings, bootstrap: str, local_kafka: bool = True,
     try:
         async with sample_api.serve() as api_url, open_runtime(settings, bootstrap) as rt:
             info = await setup_demo(rt, api_url)
-            tailing = asyncio.Event()
-            tasks = [asyncio.create_task(tail_raw(rt, {QUAKES, WEBHOOK}, out, tailing)),
+            tailing, tailing_silver = asyncio.Event(), asyncio.Event()
+            ids = {QUAKES, WEBHOOK}
+            tasks = [asyncio.create_task(tail_raw(rt, ids, out, tailing)),
+                     asyncio.create_task(tail_transformed(rt, ids, out, tailing_silver)),
                      asyncio.create_task(stop.wait())]
             try:
-                if await _wait(tailing.wait(), tasks):
+                if await _wait(_both(tailing, tailing_silver), tasks):
                     tasks.append(asyncio.create_task(run_roles(rt, list(ROLES))))
                     if await _wait(rt.web_ready.wait(), tasks):
                         watch = watch_command(settings, bootstrap, local_kafka, rt.names.raw)
@@ -216,6 +260,11 @@ async def run_demo(settings: Settings, bootstrap: str, local_kafka: bool = True,
                 await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _both(first: asyncio.Event, second: asyncio.Event) -> None:
+    await first.wait()
+    await second.wait()
 
 
 async def _wait(condition: Coroutine[Any, Any, Any] | None,

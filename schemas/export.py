@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
+from schemas.mapping import Mapping
 from schemas.pipeline import Pipeline, PipelineStatus
 from schemas.records import DeadLetter, RawMetadata, TransformedRecord
 
@@ -22,6 +23,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "dead-letter": DeadLetter,
     "pipeline": Pipeline,
     "pipeline-status": PipelineStatus,
+    "mapping": Mapping,
 }
 
 

@@ -142,6 +142,13 @@ async def test_run_demo_prints_how_to_use_it_and_the_records_as_they_land(
                 assert r.status == 202, await r.text()
             await wait_until(lambda: any(line.startswith(f"bronze  {demo.WEBHOOK} ")
                                          for line in lines), what="the webhook line")
+        # every quake is mapped to a typed row (the sample feed has no bad ones)
+        silver = await wait_until(lambda: [line for line in lines
+                                           if line.startswith(f"silver  {demo.QUAKES} ")],
+                                  timeout=30, what="a transformed demo-quakes row")
+        assert '"quake_id":"dp' in silver[0] and '"mag":' in silver[0]
+        await wait_until(lambda: any(line.startswith(f"silver  {demo.WEBHOOK} ")
+                                     for line in lines), what="the webhook's row")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -169,7 +169,7 @@ async def test_a_derived_pipeline_receives_its_parents_rows(start_roles: Any,
     await write_raw(settings, rt.names.raw, "parent",
                     [b'{"items": [{"m": 1.5}, {"m": 3.0}, {"m": 2.5}]}'])
     got = rows(await read_topic(settings, rt.names.transformed, 5))
-    child = sorted((r.fields["mag10"] for r in got if r.pipeline_id == "child"))
+    child = sorted(r.fields["mag10"] for r in got if r.pipeline_id == "child")
     assert child == [25.0, 30.0]
     bronze = [r for r in await read_topic(settings, rt.names.raw, 4)
               if RawMetadata.from_headers(r.headers).pipeline_id == "child"]
