@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
 from bench_consumer import baseline
 from bench_mapping import MAPPING, payload
 from harness import (
@@ -62,6 +63,7 @@ from harness import (
 )
 
 from dashpipe import kafka
+from dashpipe.errors import DashpipeError
 from dashpipe.settings import KafkaSettings, Settings, load_settings
 from dashpipe.topics import TopicNames
 from schemas.pipeline import Pipeline
@@ -233,8 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         asyncio.run(run(args))
-    except RuntimeError as exc:
-        print(f"bench_mapper: error: {exc}", file=sys.stderr)
+    except (RuntimeError, DashpipeError, KafkaError) as exc:
+        print(f"bench_mapper: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -4,8 +4,8 @@ In one process: the sample earthquake API (`dashpipe.sample_api`), two pipelines
 `demo` applied to the log (`demo-quakes` polls the sample API every 5 s with an incremental
 cursor and maps each quake to a typed row; `demo-webhook` receives signed webhooks, passed
 through unmapped), every role, and a tail of Bronze and of the transformed topic that prints
-each demo record and row as it lands. The webhook secret is generated once and then read back from the
-registry, so a `curl` printed by an earlier run keeps working.
+each demo record and row as it lands. The webhook secret is generated once and then read back
+from the registry, so a `curl` printed by an earlier run keeps working.
 """
 
 from __future__ import annotations

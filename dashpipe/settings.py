@@ -41,6 +41,13 @@ class DatabaseSettings(BaseSettings):
     pool_min_size: int = Field(default=1, ge=0)
     pool_max_size: int = Field(default=10, gt=0)
     schema_name: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]*$")
+    acquire_timeout_seconds: float = Field(default=5.0, gt=0, description="deadline of every "
+                                           "pool acquire and connect")
+    statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB only")
+    retention_days: int | None = Field(default=None, ge=1, description="TimescaleDB only; "
+                                       "unset: keep every row")
+    persist_batch_rows: int = Field(default=5000, ge=1, description="rows per transaction")
 
 
 class TopicSettings(BaseSettings):

@@ -1,0 +1,259 @@
+"""Role `persist`: transformed rows of pipelines with `persist_data` into `pipeline_data`.
+Consumer group `<prefix>-persist` on the transformed topic.
+
+Per `getmany` batch, one transaction: a plain COPY into the table (the fast path, for rows
+never stored before); if any row exists already (a replay, an overlapping poll, a repeat after
+a crash) the transaction rolls back and the batch goes through a staging table and
+`INSERT ... ON CONFLICT (pipeline_id, row_key, time) DO UPDATE` instead, so a row is stored once
+and a later version replaces it. Offsets are committed only after the transaction commits.
+
+Database unavailable (down, refusing connections, timing out): the partitions are paused (the
+consumer keeps polling, so it stays in its group), the write retries with backoff, nothing is
+committed, and the backlog drains after recovery. A row the database refuses (a data or
+integrity error) is found by bisecting the batch and becomes a dead letter (stage `persist`)
+with its SQLSTATE and class, while the rest of the batch lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError
+
+from dashpipe import db, kafka
+from dashpipe.batcher import partition_for, send_records
+from dashpipe.runtime import Runtime
+from schemas.records import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]  # in db.COLUMNS order
+# SQLSTATE classes of a refusal that is about the row itself (retrying cannot help)
+ROW_CLASSES = {"22": "data exception", "23": "integrity constraint violation",
+               "54": "program limit exceeded"}
+_UPSERT = (
+    "INSERT INTO pipeline_data ({cols}) SELECT {cols} FROM pg_temp.dashpipe_staging "
+    "ON CONFLICT (pipeline_id, row_key, time) DO UPDATE SET team_id = EXCLUDED.team_id, "
+    "data = EXCLUDED.data, raw_partition = EXCLUDED.raw_partition, "
+    "raw_offset = EXCLUDED.raw_offset, row_index = EXCLUDED.row_index, "
+    "mapping_version = EXCLUDED.mapping_version, ingest_id = EXCLUDED.ingest_id, "
+    "stored_at = now() WHERE (pipeline_data.data, pipeline_data.mapping_version, "
+    "pipeline_data.raw_partition, pipeline_data.raw_offset, pipeline_data.row_index) IS DISTINCT "
+    "FROM (EXCLUDED.data, EXCLUDED.mapping_version, EXCLUDED.raw_partition, "
+    "EXCLUDED.raw_offset, EXCLUDED.row_index)").format(cols=", ".join(db.COLUMNS))
+_STAGING = ("CREATE TEMP TABLE IF NOT EXISTS dashpipe_staging "
+            "(LIKE pipeline_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+
+
+class Unavailable(Exception):
+    """The database could not take the batch now; retry later."""
+
+
+def identity(row: Row) -> tuple[str, str, datetime]:
+    return row[2], row[3], row[0]
+
+
+def to_row(value: bytes) -> Row:
+    """A transformed record (JSON) as a `pipeline_data` row."""
+    r = orjson.loads(value)
+    lineage = r["lineage"]
+    key = r.get("key")
+    row_key = key if key is not None else \
+        f"~{lineage['raw_partition']}:{lineage['raw_offset']}:{lineage['row_index']}"
+    when = datetime.fromisoformat(r["time"])
+    return (when, r["team_id"], r["pipeline_id"], row_key,
+            orjson.dumps(r["fields"]).decode(), lineage["raw_partition"],
+            lineage["raw_offset"], lineage["row_index"], r["mapping_version"],
+            r.get("ingest_id"))
+
+
+@dataclass
+class Writer:
+    """Writes batches of rows; `write` answers the rows the database refused."""
+
+    pool: asyncpg.Pool
+    acquire_timeout: float
+    hypertable: bool
+    partitions: db.Partitions = field(default_factory=db.Partitions)
+
+    async def write(self, rows: list[Row]) -> list[tuple[Row, str, str]]:
+        if not rows:
+            return []
+        try:
+            await self._transaction(rows)
+            return []
+        except asyncpg.PostgresError as exc:
+            code = exc.sqlstate or ""
+            if code[:2] not in ROW_CLASSES or code == "23505":
+                raise
+            if len(rows) == 1:
+                return [(rows[0], code, str(exc).splitlines()[0][:300])]
+        half = len(rows) // 2  # one row or more is refused: find them, store the others
+        return await self.write(rows[:half]) + await self.write(rows[half:])
+
+    async def _transaction(self, rows: list[Row]) -> None:
+        try:
+            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+                if not self.hypertable:
+                    await self.partitions.ensure(
+                        conn, {db.month_of(r[0].astimezone(UTC)) for r in rows})
+                try:
+                    async with conn.transaction():
+                        await conn.copy_records_to_table("pipeline_data", records=rows,
+                                                         columns=db.COLUMNS)
+                except asyncpg.UniqueViolationError:  # some rows exist: upsert the batch
+                    async with conn.transaction():
+                        await conn.execute(_STAGING)
+                        await conn.copy_records_to_table("dashpipe_staging", records=rows,
+                                                         columns=db.COLUMNS)
+                        await conn.execute(_UPSERT)
+        except asyncpg.PostgresError as exc:
+            if (exc.sqlstate or "")[:2] in ROW_CLASSES:
+                raise
+            raise Unavailable(f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})") from exc
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            raise Unavailable(type(exc).__name__) from exc
+
+
+@dataclass
+class Persister:
+    rt: Runtime
+    writer: Writer
+    dlq_partitions: int
+
+    def rows(self, batch: dict[Any, list[Any]]) -> tuple[list[Row], dict[tuple[str, str,
+                                                                                datetime], Any]]:
+        """The rows to store (pipelines with `persist_data`), the last per identity; and each
+        row's Kafka record, for dead letters."""
+        pipelines = self.rt.registry.pipelines
+        out: dict[tuple[str, str, datetime], Row] = {}
+        source: dict[tuple[str, str, datetime], Any] = {}
+        for records in batch.values():
+            for record in records:
+                pid = _header(record.headers, "dashpipe-pipeline-id")
+                p = pipelines.get(pid) if pid is not None else None
+                if p is None or not p.persist_data:
+                    continue
+                try:
+                    row = to_row(record.value)
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    log.warning("persist: unreadable transformed record at %s@%s: %s",
+                                record.partition, record.offset, type(exc).__name__)
+                    self.rt.metrics.inc("dashpipe_persist_unreadable_total")
+                    continue
+                ident = identity(row)
+                out[ident] = row  # a later row of the same identity replaces an earlier one
+                source[ident] = record
+        return list(out.values()), source
+
+    async def dead_letters(self, refused: list[tuple[Row, str, str]],
+                           source: dict[tuple[str, str, datetime], Any]) -> None:
+        dlq = self.rt.names.dlq
+        out: dict[tuple[str, int], list[Any]] = {}
+        for row, code, message in refused:
+            record = source[identity(row)]
+            transformed = orjson.loads(record.value)
+            value = orjson.dumps({
+                "stage": "persist",
+                "reason": f"database refused the row: SQLSTATE {code} "
+                          f"({ROW_CLASSES[code[:2]]}): {message}",
+                "pipeline_id": row[2], "team_id": row[1], "lineage": transformed["lineage"],
+                "mapping_version": row[8], "failed_at": datetime.now(UTC),
+                "record": transformed, "schema_version": SCHEMA_VERSION},
+                option=orjson.OPT_UTC_Z)
+            key = row[2].encode()
+            out.setdefault((dlq, partition_for(key, self.dlq_partitions)), []).append(
+                (key, value, [("dashpipe-pipeline-id", key),
+                              ("dashpipe-team-id", row[1].encode()),
+                              ("dashpipe-stage", b"persist")], None))
+            self.rt.metrics.inc("dashpipe_persist_dead_letters_total", pipeline_id=row[2])
+        await send_records(self.rt.writer.producer, out)
+
+
+class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Counts assignments, so a rebalance storm shows (`dashpipe_persist_assignments_total`)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.rt.metrics.inc("dashpipe_persist_assignments_total")
+
+
+def _header(headers: Any, name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return str(value.decode())
+    return None
+
+
+async def run_persist(rt: Runtime) -> None:
+    ds = rt.settings.database
+    pool = await db.create_pool(ds)
+    try:
+        hyper = await db.migrate(pool, ds)
+        log.info("persist: pipeline_data ready (%s)",
+                 "TimescaleDB hypertable" if hyper else "native monthly partitions")
+        consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("persist"))
+        consumer.subscribe([rt.names.transformed], listener=_Assignments(rt))
+        dlq_parts = len(await kafka.partitions(rt.writer.producer, rt.names.dlq))
+        persister = Persister(rt, Writer(pool, ds.acquire_timeout_seconds, hyper), dlq_parts)
+        rt.roles["persist"] = persister
+        async with kafka.started(consumer):
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=ds.persist_batch_rows)
+                if not batch:
+                    continue
+                rows, source = persister.rows(batch)
+                refused = await _write_until_stored(consumer, persister.writer, rows, rt)
+                if refused:
+                    await persister.dead_letters(refused, source)
+                try:
+                    await consumer.commit({tp: recs[-1].offset + 1
+                                           for tp, recs in batch.items()})
+                except CommitFailedError as exc:  # rebalanced: the new owner repeats it
+                    log.warning("persist: offsets not committed (%s); rows repeat as updates",
+                                exc)
+                if rows:
+                    rt.metrics.inc("dashpipe_persisted_total", len(rows) - len(refused))
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def _write_until_stored(consumer: Any, writer: Writer, rows: list[Row],
+                              rt: Runtime) -> list[tuple[Row, str, str]]:
+    """Write the rows, however long the database needs; meanwhile the partitions are paused and
+    the consumer keeps polling, so it stays in its group."""
+    delay = 0.5
+    paused = False
+    try:
+        while True:
+            try:
+                return await writer.write(rows)
+            except Unavailable as exc:
+                if not paused:
+                    log.warning("persist: database unavailable (%s); pausing %d partitions "
+                                "and retrying", exc, len(consumer.assignment()))
+                    consumer.pause(*consumer.assignment())
+                    paused = True
+                rt.metrics.inc("dashpipe_persist_retries_total")
+                wait = delay * (0.5 + random.random())
+                deadline = asyncio.get_running_loop().time() + wait
+                while asyncio.get_running_loop().time() < deadline:
+                    await consumer.getmany(timeout_ms=int(min(wait, 1.0) * 1000))  # paused
+                delay = min(delay * 2, 15.0)
+    finally:
+        if paused:
+            consumer.resume(*consumer.assignment())
+            log.info("persist: database back; partitions resumed")
