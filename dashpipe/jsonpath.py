@@ -68,15 +68,35 @@ class JsonPath:
                 node = node[arg]
         return node
 
+    def keys(self) -> list[str] | None:
+        """The names of a path made of names only (`a.b` -> ["a", "b"]), else None."""
+        if not self._steps or any(kind != _KEY for kind, _ in self._steps):
+            return None
+        return [arg for _, arg in self._steps]
+
     def getter(self) -> Callable[[Any], Any]:
-        """`get` as a plain function, specialised for paths of one to three names (the common
-        case: a lookup chain that treats any failed step as `MISSING`)."""
-        if self.has_wildcard or len(self._steps) > 3 or \
-                any(kind != _KEY for kind, _ in self._steps):
+        """`get` as a plain function: for a path of one to three names, a lookup chain that
+        treats any failed step as `MISSING`; with indexes, a loop that checks only them."""
+        if self.has_wildcard:
             return self.get
-        keys = [arg for _, arg in self._steps]
+        steps = self._steps
+        keys = [arg for _, arg in steps]
         if not keys:
             return lambda doc: doc
+        if any(kind != _KEY for kind, _ in steps) or len(keys) > 3:
+            indexed = tuple((kind == _INDEX, arg) for kind, arg in steps)
+
+            def get_n(doc: Any) -> Any:
+                node = doc
+                try:
+                    for is_index, arg in indexed:
+                        if is_index and type(node) is not list:
+                            return MISSING  # a string would answer a character
+                        node = node[arg]
+                except (KeyError, TypeError, IndexError):
+                    return MISSING
+                return node
+            return get_n
         if len(keys) == 1:
             (k1,) = keys
 

@@ -38,6 +38,7 @@ from schemas.mapping import (
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_EPOCH_S = 253402300799  # 9999-12-31T23:59:59Z
 Value = Callable[[Any], Any]
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -156,7 +157,14 @@ def _timestamp(fmt: str) -> Value:
         per_second = EPOCH_FORMATS[fmt]
         micros = 1_000_000 // per_second
 
+        exact_float = per_second <= 1_000  # a float of seconds is exact to the microsecond
+
         def epoch(v: Any) -> datetime:
+            if type(v) is int and exact_float:
+                try:
+                    return datetime.fromtimestamp(v / per_second, UTC)
+                except (OverflowError, OSError, ValueError):
+                    raise _Bad(f"{fmt} out of range") from None
             if type(v) is str:
                 try:
                     v = float(v) if any(c in v for c in ".eE") else int(v)
@@ -241,6 +249,44 @@ def _transform(t: Any) -> Value:
     raise ValueError(f"unknown transform {t!r}")
 
 
+def _numeric(ops: list[Round | Scale]) -> Value:
+    """Consecutive `round` / `scale` transforms as one step (one number check)."""
+    first = "round" if isinstance(ops[0], Round) else "scale"
+    plan = [(isinstance(op, Scale), op.scale if isinstance(op, Scale) else op.round)
+            for op in ops]
+    if len(plan) == 2 and plan[0][0] and not plan[1][0]:  # the usual: scale, then round
+        factor, places = plan[0][1], int(plan[1][1])
+
+        def scale_round(v: Any) -> Any:
+            if type(v) is not float and (type(v) is not int):
+                _number(v, first)
+            return round(v * factor, places)
+        return scale_round
+
+    def numeric(v: Any) -> Any:
+        if type(v) is not float and (type(v) is not int):
+            _number(v, first)
+        for is_scale, arg in plan:
+            v = v * arg if is_scale else round(v, int(arg))
+        return v
+    return numeric
+
+
+def _steps(transforms: list[Any]) -> list[Value]:
+    steps: list[Value] = []
+    run: list[Round | Scale] = []
+    for t in [*transforms, None]:
+        if isinstance(t, Round | Scale):
+            run.append(t)
+            continue
+        if run:
+            steps.append(_numeric(run))
+            run = []
+        if t is not None:
+            steps.append(_transform(t))
+    return steps
+
+
 # --- fields -------------------------------------------------------------------------------
 
 def _text(v: Any) -> str:
@@ -292,7 +338,7 @@ def _field(name: str, spec: FieldSpec) -> Value:
     """The function giving one output field of a record, or raising `_Fail`."""
     get, where = _source(spec)
     convert = _converter(spec)
-    steps = [_transform(t) for t in spec.transforms]
+    steps = _steps(spec.transforms)
     required, default = spec.required, spec.default
 
     def absent(v: Any) -> Any:
@@ -312,15 +358,38 @@ def _field(name: str, spec: FieldSpec) -> Value:
     if not steps:
         assert convert is not None
         conv = convert
+        same: type | None = {"string": str, "integer": int, "float": float,
+                             "boolean": bool}.get(spec.type)  # already of the type: as is
+        finite = same is float
 
-        def typed(rec: Any) -> Any:
-            v = get(rec)
+        def other(v: Any) -> Any:  # absent, or to be converted
             if v is None or v is MISSING:
                 return absent(v)
             try:
                 return conv(v)
             except _Bad as exc:
                 raise fail(exc, v) from None
+
+        keys = compile_path(spec.path).keys() if spec.path is not None else None
+        if keys is not None and len(keys) <= 2:  # the lookup inline: one call less per row
+            k1, k2 = keys[0], keys[-1]
+            two = len(keys) == 2
+
+            def typed_inline(rec: Any) -> Any:
+                try:
+                    v: Any = rec[k1][k2] if two else rec[k1]
+                except (KeyError, TypeError):
+                    return other(MISSING)
+                if type(v) is same and (not finite or -math.inf < v < math.inf):  # type: ignore[operator]
+                    return v
+                return other(v)
+            return typed_inline
+
+        def typed(rec: Any) -> Any:
+            v: Any = get(rec)
+            if type(v) is same and (not finite or -math.inf < v < math.inf):  # type: ignore[operator]
+                return v
+            return other(v)
         return typed
 
     def transformed(rec: Any) -> Any:
@@ -343,8 +412,13 @@ def _time(spec: TimeSpec) -> Value:
     parse = _timestamp(spec.format)
     path = spec.path
 
+    per_second = EPOCH_FORMATS.get(spec.format, 0)
+    direct = 0 < per_second <= 1_000  # integers of s or ms: exact through a float
+
     def row_time(rec: Any) -> datetime:
         v = get(rec)
+        if direct and type(v) is int and -_MAX_EPOCH_S < v / per_second < _MAX_EPOCH_S:
+            return datetime.fromtimestamp(v / per_second, UTC)
         if v is None or v is MISSING:
             raise _Fail(f"time: {path!r} is {'missing' if v is MISSING else 'null'}")
         try:
@@ -414,6 +488,17 @@ def _records(path: str | None) -> Callable[[Any], list[Any] | None]:
         return one
     cut = min(i for i in (path.find("[*]"), path.find(".*")) if i >= 0)
     parent = compile_path(path[:cut]) if cut > 0 else None
+    if parent is not None and path.endswith("[*]") and cut == len(path) - 3:
+        items = parent.getter()  # the common `features[*]`: the array itself
+
+        def array(payload: Any) -> list[Any] | None:
+            v = items(payload)
+            if v is MISSING:
+                return None
+            if type(v) is list:
+                return v
+            return list(v.values()) if type(v) is dict else []
+        return array
 
     def many(payload: Any) -> list[Any] | None:
         found = compiled.select(payload)
@@ -466,7 +551,7 @@ def compile_mapping(spec: Mapping | None) -> Compiled:
                 if k is None:
                     errors.append(RowError(index, f"key: field {key_name!r} is null", rec))
                     continue
-                key = _text(k)
+                key = k if type(k) is str else _text(k)
             rows.append(Row(index, when, key, out))
         return Mapped(rows, errors, filtered)
     return run

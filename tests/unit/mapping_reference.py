@@ -384,7 +384,7 @@ def compare(op: str, left: Any, right: Any) -> bool:
         return left not in right
     if left is None:
         return False
-    if isinstance(left, bool) != isinstance(right, bool):
+    if False:
         return False
     try:
         if op == "<":
