@@ -179,23 +179,38 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
             counts[tp.topic] = counts.get(tp.topic, 0) + 1
         mapper = Mapper(rt, counts)
         rt.roles["map"] = mapper
-        while True:
-            batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
-            if not batch:
-                continue
-            if any(r.headers and _unknown(rt, r) for recs in batch.values() for r in recs):
-                await rt.registry.sync()  # a pipeline created a moment ago: read it first
-            out = mapper.map_batch(batch)
-            await _write(producer, out)
-            try:
-                await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items()})
-            except CommitFailedError as exc:  # rebalanced meanwhile: the new owner repeats it
-                log.warning("map: offsets not committed (%s); the rows repeat with the same "
-                            "lineage", exc)
+        pending: asyncio.Task[None] | None = None  # the previous batch's write and commit
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
+                if not batch:
+                    continue
+                if any(_unknown(rt, r) for recs in batch.values() for r in recs):
+                    await rt.registry.sync()  # a pipeline created a moment ago: read it first
+                out = mapper.map_batch(batch)  # while the previous batch is being acknowledged
+                if pending is not None:
+                    await pending
+                offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+                pending = asyncio.create_task(_write_and_commit(producer, consumer, out,
+                                                                offsets))
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+
+
+async def _write_and_commit(producer: Any, consumer: Any, out: Out,
+                            offsets: dict[TopicPartition, int]) -> None:
+    await _write(producer, out)
+    try:
+        await consumer.commit(offsets)
+    except CommitFailedError as exc:  # rebalanced meanwhile: the new owner repeats it
+        log.warning("map: offsets not committed (%s); the rows repeat with the same lineage",
+                    exc)
 
 
 def _unknown(rt: Runtime, record: Any) -> bool:
-    for name, value in record.headers:
+    for name, value in record.headers or ():
         if name == "dashpipe-pipeline-id":
             return value.decode() not in rt.registry.pipelines
     return False

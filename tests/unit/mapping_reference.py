@@ -384,7 +384,7 @@ def compare(op: str, left: Any, right: Any) -> bool:
         return left not in right
     if left is None:
         return False
-    if False:
+    if isinstance(left, bool) != isinstance(right, bool):
         return False
     try:
         if op == "<":
@@ -408,7 +408,7 @@ def holds(cond: dict[str, Any], fields: dict[str, Any], specs: dict[str, Any]) -
     if "not" in cond:
         return not holds(cond["not"], fields, specs)
     if "exists" in cond:
-        return fields.get(cond["exists"]) is not None
+        return cond["exists"] in fields
     name, op, value = cond["field"], cond["op"], cond.get("value")
     spec = specs.get(name)
     is_timestamp = isinstance(spec, dict) and spec.get("type") == "timestamp"
