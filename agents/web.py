@@ -8,7 +8,9 @@ import logging
 
 from aiohttp import web
 
+from agents.dashboard import Dashboard, open_database, page
 from agents.dedup import SeenIds
+from agents.push import Hub
 from agents.webhooks import Receiver
 from dashpipe import api, kafka
 from dashpipe.batcher import BatchSender
@@ -18,13 +20,15 @@ from dashpipe.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def make_app(rt: Runtime, sender: BatchSender) -> web.Application:
+def make_app(rt: Runtime, sender: BatchSender, board: Dashboard) -> web.Application:
     max_body = rt.settings.webhook.max_body_bytes
     app = web.Application(client_max_size=max_body)
     receiver = Receiver(rt.registry, sender, rt.settings.webhook, rt.metrics,
                         SeenIds(ttl=rt.settings.webhook.dedup_seconds))
     app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
-    app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body))
+    app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body,
+                                         board.routes()))
+    app.router.add_get("/", page)
 
     async def healthz(request: web.Request) -> web.Response:
         return api.json_response({"status": "ok"})
@@ -55,8 +59,14 @@ async def run_web(rt: Runtime) -> None:
                          timeout=rt.settings.webhook.ack_timeout_seconds)
     counts = DeadLetterCounts(rt.bootstrap, rt.settings.kafka, rt.names.dlq, rt.metrics)
     rt.service.dead_letters = counts.of
-    counting = asyncio.create_task(counts.run(), name="dead-letter counts")
-    runner = web.AppRunner(make_app(rt, sender), access_log=None)
+    hub = Hub(rt)
+    pool, hyper = await open_database(rt)
+    board = Dashboard(rt, hub, pool, hyper)
+    rt.roles["web"] = board
+    background = [asyncio.create_task(counts.run(), name="dead-letter counts"),
+                  asyncio.create_task(hub.run(), name="live rows")]
+    await asyncio.wait_for(hub.ready.wait(), 60)
+    runner = web.AppRunner(make_app(rt, sender, board), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)
     await site.start()
@@ -67,5 +77,8 @@ async def run_web(rt: Runtime) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        counting.cancel()
+        for task in background:
+            task.cancel()
         await runner.cleanup()
+        if pool is not None:
+            await asyncio.wait_for(pool.close(), 10)

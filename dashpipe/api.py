@@ -3,7 +3,10 @@ bearer token. Every error is JSON `{"error": ...}` with the right 4xx; secrets n
 
 from __future__ import annotations
 
+import base64
+import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,15 +45,54 @@ async def read_json(request: web.Request) -> Any:
                                  content_type="application/json") from None
 
 
+SESSION_COOKIE = "dashpipe_session"
+READ_METHODS = ("GET", "HEAD")
+
+
+def session_value(settings: ApiSettings, team: str, now: float) -> str:
+    """A signed, expiring browser session for `team`: `<team b64>.<expiry>.<hmac>`."""
+    team_part = base64.urlsafe_b64encode(team.encode()).decode().rstrip("=")
+    payload = f"{team_part}.{int(now) + settings.session_seconds}"
+    return f"{payload}.{_mac(settings, payload)}"
+
+
+def session_team(settings: ApiSettings, value: str, now: float) -> str | None:
+    team_part, _, rest = value.partition(".")
+    expiry, _, mac = rest.partition(".")
+    if not expiry.isdigit() or int(expiry) < now or not hmac.compare_digest(
+            mac, _mac(settings, f"{team_part}.{expiry}")):
+        return None
+    try:
+        return base64.urlsafe_b64decode(team_part + "=" * (-len(team_part) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _mac(settings: ApiSettings, payload: str) -> str:
+    key = settings.session_secret.get_secret_value().encode()
+    return hmac.digest(key, payload.encode(), "sha256").hex()
+
+
+def caller(request: web.Request) -> str | None:
+    """The caller's team: from a bearer token, or (reads only) from a browser session, which
+    keeps long-lived tokens out of URLs: EventSource cannot send headers."""
+    settings = request.app[API_SETTINGS]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme:
+        return settings.team_for(token.strip()) if scheme.lower() == "bearer" else None
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and request.method in READ_METHODS:
+        return session_team(settings, cookie, time.time())
+    return None
+
+
 def guarded(handler: Handler) -> Handler:
     """An API handler behind the bearer-token check and the error mapping. A wrapper per
     route, not app middlewares: aiohttp runs an app's middlewares (and, for a parent app, a
     per-request wrapper) on every route of the server, the webhook hot path included."""
 
     async def guard(request: web.Request) -> web.StreamResponse:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        team = request.app[API_SETTINGS].team_for(token.strip()) \
-            if scheme.lower() == "bearer" else None
+        team = caller(request)
         if team is None:
             return error(401, "missing or unknown bearer token",
                          headers={"WWW-Authenticate": 'Bearer realm="dashpipe"'})
@@ -126,8 +168,29 @@ async def resume_pipeline(request: web.Request) -> web.Response:
     return json_response(svc.view(p))
 
 
-def make_api(service: PipelineService, settings: ApiSettings, max_body: int) -> web.Application:
-    """The `/api/` sub-application; every route is `guarded`."""
+async def open_session(request: web.Request) -> web.Response:
+    """`POST /api/session` with a bearer token: a browser session cookie (HttpOnly,
+    SameSite=Strict), good for reads only."""
+    response = web.Response(status=204)
+    response.set_cookie(SESSION_COOKIE, session_value(request.app[API_SETTINGS], request[TEAM],
+                                                      time.time()),
+                        max_age=request.app[API_SETTINGS].session_seconds, httponly=True,
+                        samesite="Strict", path="/api/")
+    return response
+
+
+async def close_session(request: web.Request) -> web.Response:
+    response = web.Response(status=204)
+    response.del_cookie(SESSION_COOKIE, path="/api/")
+    return response
+
+
+Route = tuple[str, str, Handler]
+
+
+def make_api(service: PipelineService, settings: ApiSettings, max_body: int,
+             routes: list[Route] = []) -> web.Application:  # noqa: B006 (read only)
+    """The `/api/` sub-application; every route is `guarded`, `routes` too."""
     app = web.Application(client_max_size=max_body)
     app[SERVICE] = service
     app[API_SETTINGS] = settings
@@ -139,6 +202,10 @@ def make_api(service: PipelineService, settings: ApiSettings, max_body: int) -> 
     app.router.add_delete("/pipelines/{id}", guarded(delete_pipeline))
     app.router.add_post("/pipelines/{id}/pause", guarded(pause_pipeline))
     app.router.add_post("/pipelines/{id}/resume", guarded(resume_pipeline))
+    app.router.add_post("/session", guarded(open_session))
+    app.router.add_delete("/session", close_session)
+    for method, path, handler in routes:
+        app.router.add_route(method, path, guarded(handler))
     return app
 
 

@@ -7,6 +7,7 @@ Secrets are `SecretStr`; their repr never shows the value.
 from __future__ import annotations
 
 import hmac
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,11 @@ class ApiSettings(BaseSettings):
     api_tokens: dict[SecretStr, str] = Field(
         default_factory=dict, description="JSON object: token -> team id")
     admin_token: SecretStr | None = None
+    session_secret: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
+        description="signs browser sessions; set the same value on every web process (default: "
+                    "random per process)")
+    session_seconds: int = Field(default=12 * 3600, ge=60)
 
     def team_for(self, token: str) -> str | None:
         """The team of a token; `ADMIN` for the admin token; None when unknown."""

@@ -254,7 +254,7 @@ def convert(type_name: str, fmt: str | None, value: Any) -> Any:
             if word == "false":
                 return False
             raise BadValue("not true or false")
-        if isinstance(value, int) and value in (0, 1):
+        if isinstance(value, int | float) and value in (0, 1):
             return value == 1
         raise BadValue("not a boolean")
     if type_name == "timestamp":
@@ -408,7 +408,7 @@ def holds(cond: dict[str, Any], fields: dict[str, Any], specs: dict[str, Any]) -
     if "not" in cond:
         return not holds(cond["not"], fields, specs)
     if "exists" in cond:
-        return cond["exists"] in fields
+        return fields.get(cond["exists"]) is not None
     name, op, value = cond["field"], cond["op"], cond.get("value")
     spec = specs.get(name)
     is_timestamp = isinstance(spec, dict) and spec.get("type") == "timestamp"

@@ -153,6 +153,7 @@ regexes = st.sampled_from([
     {"regex": "[0-9]+"}, {"regex": "([a-z]+)"}, {"regex": "([a-z]+)", "group": 0},
     {"regex": "(?P<d>[0-9])", "group": "d"}, {"regex": "a(b)?", "group": 1},
     {"regex": r"^\s*(\S+)"}, {"regex": "x"}, {"regex": "(?i)(true|false)"},
+    {"regex": "([a-z])[0-9.]"}, {"regex": "(?P<w>[a-z]+)(?P<n>[0-9]*)", "group": "n"},
 ])
 value_maps = st.builds(
     lambda table, default: {"map": table} if default is None else
@@ -350,6 +351,7 @@ def assert_agree(got: Mapped, want: tuple[Any, ...]) -> None:
 
 
 def check(spec: dict[str, Any], payload: Any) -> None:
+    """Inside a hypothesis test: a spec the model refuses (or a known bug) is skipped."""
     model = validated(spec)
     got = compile_mapping(model)(payload, RECEIVED)
     for kind, count in (("rows", len(got.rows)), ("dead letters", len(got.errors)),
@@ -358,6 +360,12 @@ def check(spec: dict[str, Any], payload: Any) -> None:
     for row in got.rows:
         for value in row.fields.values():
             event(f"field value: {type(value).__name__}")
+    assert_agree(got, reference(spec, payload, RECEIVED))
+
+
+def check_example(spec: dict[str, Any], payload: Any) -> None:
+    """Outside hypothesis: the spec must be valid."""
+    got = compile_mapping(Mapping.model_validate(spec))(payload, RECEIVED)
     assert_agree(got, reference(spec, payload, RECEIVED))
 
 
@@ -422,18 +430,34 @@ def test_filter_agrees(spec: dict[str, Any], payload: Any) -> None:
     check(spec, payload)
 
 
-@SETTINGS
-@given(type_name=st.sampled_from(TYPES), op=st.sampled_from(OPS),
-       field_value=st.sampled_from(COMPARABLE), value=st.sampled_from(COMPARABLE),
-       options=st.lists(st.sampled_from(COMPARABLE), max_size=3), negate=st.booleans())
-def test_comparisons_agree(type_name: str, op: str, field_value: Any, value: Any,
-                           options: list[Any], negate: bool) -> None:
-    """One comparison on one typed field, with values that are often equal or ordered."""
-    cond: dict[str, Any] = {"field": "v", "op": op,
-                            "value": options if op in ("in", "not_in") else value}
-    spec = {"records": "$", "fields": {"v": {"path": "v", "type": type_name}},
-            "filter": {"not": cond} if negate else cond}
-    check(spec, [{"v": field_value}, {}])
+def test_type_table_agrees() -> None:
+    """Every type and time format on every edge value (exhaustive, not drawn)."""
+    for type_name in TYPES:
+        formats = TIME_FORMATS if type_name == "timestamp" else [None]
+        for fmt in formats:
+            field: dict[str, Any] = {"path": "v", "type": type_name}
+            if fmt is not None:
+                field["format"] = fmt
+            spec = {"records": "$", "fields": {"v": field}}
+            check_example(spec, [{"v": value} for value in TRICKY])
+
+
+def test_comparisons_agree() -> None:
+    """Every op on every typed field with every pair of values that are often equal or
+    ordered, plain and negated (exhaustive, not drawn)."""
+    payload = [{"v": value} for value in COMPARABLE]
+    for type_name in TYPES:
+        for op in OPS:
+            choices: list[Any] = COMPARABLE
+            if op in ("in", "not_in"):
+                choices = [[], *([v] for v in COMPARABLE), [1, "a", None], COMPARABLE[:9]]
+            for value in choices:
+                cond = {"field": "v", "op": op, "value": value}
+                for condition in (cond, {"not": cond}):
+                    spec = {"records": "$", "fields": {"v": {"path": "v", "type": type_name}},
+                            "filter": condition}
+                    if not _known_bug(spec):
+                        check_example(spec, payload)
 
 
 @SETTINGS
