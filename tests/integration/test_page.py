@@ -186,7 +186,9 @@ async def test_a_webhook_row_is_on_the_page_within_2s(page: Page) -> None:
         # warm-up: the first row also waits for the map role's consumer group to form, which
         # is start-up, not latency; the measured row comes after it
         await send_webhook(http, "sensors", {"temp": 20.25, "room": "warm-up"})
+        warm = time.monotonic()
         await page.wait("return window.dashpipe.rows.length === 1", "the warm-up row")
+        warm = time.monotonic() - warm
         before = await page.js(ROW_STATE)
         assert before["points"] == 1 and before["top"][1:] == ["20.25", "warm-up"]
 
@@ -199,7 +201,8 @@ async def test_a_webhook_row_is_on_the_page_within_2s(page: Page) -> None:
                 break
             assert elapsed < LIVE_DEADLINE, \
                 f"no new row on the page {LIVE_DEADLINE}s after the 202: {now}"
-    print(f"\nwebhook 202 -> row in the table and the chart: {elapsed * 1000:.0f} ms")
+    print(f"\nwebhook 202 -> row in the table and the chart: {elapsed * 1000:.0f} ms "
+          f"(the warm-up row: {warm * 1000:.0f} ms)")
     assert elapsed < LIVE_DEADLINE
     assert now["top"][1:] == ["21.5", "lab"]  # newest on top, columns: time + each field
     assert now["top"][0].endswith("Z")

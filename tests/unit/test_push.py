@@ -17,7 +17,7 @@ def test_a_cursor_moves_with_each_row_and_skips_rows_the_client_has() -> None:
     assert cursor.advance((0, 4, (5, 2), b"{}")) is None  # offset 4 < 5: already sent
     assert cursor.advance((1, 0, (5, 1), b"{}")) == "5.1"
     assert cursor.advance((0, 5, (6, 1), b"{}")) == "6.1"
-    assert cursor.advance((1, 3, (6, 9), b"{}")) == "6.9"  # the reader's position counts
+    assert cursor.advance((1, 8, (7, 9), b"{}")) == "7.9"  # the reader's position counts
 
 
 def test_a_row_gets_its_id_in_front() -> None:
