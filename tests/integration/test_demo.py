@@ -128,8 +128,9 @@ async def test_run_demo_prints_how_to_use_it_and_the_records_as_they_land(
         await wait_until(lambda: task.done() or any(
             line.startswith(f"bronze  {demo.QUAKES} ") for line in lines),
             timeout=40, what="a Bronze line of demo-quakes")
+        banner = await wait_until(lambda: task.done() or next(
+            (line for line in lines if "admin token" in line), None), what="the banner")
         assert not task.done(), task.exception()
-        banner = lines[0]
         assert "admin token  " in banner and "generated for this run" in banner
         assert "kafka-console-consumer.sh --bootstrap-server" in banner
         assert f"--topic {settings.topics.prefix}.raw --from-beginning" in banner

@@ -1,6 +1,7 @@
 """The dashboard page (`GET /`) in headless Chromium against roles `web` + `map`: sign in
 through the form, a deep-linked pipeline goes live, a signed webhook's row reaches the table and
-the chart within 2 s of its 202, and another team's token never sees the pipeline.
+the chart within 2 s of its 202 (measured after one warm-up row), and another team's token never
+sees the pipeline.
 
 Needs Debian's `chromium` and `chromium-driver` and the `selenium` package: missing, the tests
 are skipped with the reason, and fail with `CI=true`. Selenium calls block, so they run in a
@@ -183,8 +184,8 @@ async def test_a_webhook_row_is_on_the_page_within_2s(page: Page) -> None:
                          ".map(o => o.value)") == ["temp"]  # the mapping's float field
 
     async with aiohttp.ClientSession(page.base_url) as http:
-        # warm-up: the first row also waits for the map role's consumer group to form, which
-        # is start-up, not latency; the measured row comes after it
+        # warm-up: the first row may also wait for the map role's consumer group to form (on
+        # a slow machine), which is start-up, not latency; the measured row comes after it
         await send_webhook(http, "sensors", {"temp": 20.25, "room": "warm-up"})
         warm = time.monotonic()
         await page.wait("return window.dashpipe.rows.length === 1", "the warm-up row")
@@ -213,6 +214,8 @@ async def test_a_webhook_row_is_on_the_page_within_2s(page: Page) -> None:
                                                     {"temp": 20.25, "room": "warm-up"}]
     assert all(r["pipeline_id"] == "sensors" for r in state["rows"])
     assert [p["v"] for p in state["chartPoints"]] == [20.25, 21.5]
+    log = await asyncio.to_thread(page.driver.get_log, "browser")
+    assert [e for e in log if e["source"] != "network"] == []  # no script errors
 
 
 async def test_another_team_never_sees_the_pipeline(page: Page) -> None:
