@@ -14,6 +14,13 @@ HELP = {
     "dashpipe_filtered_total": ("counter", "Rows this map process dropped by the filter"),
     "dashpipe_map_dead_letters_total": ("counter", "Dead letters this map process wrote"),
     "dashpipe_map_skipped_total": ("counter", "Raw records of deleted pipelines, not mapped"),
+    "dashpipe_persisted_total": ("counter", "Rows this persist process stored"),
+    "dashpipe_persist_retries_total": ("counter", "Persist batches retried (database away)"),
+    "dashpipe_persist_assignments_total": ("counter", "Partition assignments of this persist "
+                                           "process (a rebalance storm shows here)"),
+    "dashpipe_persist_dead_letters_total": ("counter", "Rows the database refused"),
+    "dashpipe_persist_unreadable_total": ("counter", "Transformed records persist could not "
+                                          "read"),
     "dashpipe_dead_letters_total": ("counter", "Records in the dead-letter topic, by pipeline "
                                     "and stage (counted from the topic)"),
 }
