@@ -97,4 +97,31 @@ async def run_roles(rt: Runtime, roles: list[str]) -> None:
         log.info("role %s ready (group %s)", role, rt.group(role))
         await mains[role](rt)
 
-    await asyncio.gather(*(one(role) for role in roles))
+    jobs = [one(role) for role in roles]
+    if "web" not in roles and rt.settings.web.metrics_port is not None:
+        jobs.append(serve_metrics(rt, rt.settings.web.metrics_port))
+    await asyncio.gather(*jobs)
+
+
+async def serve_metrics(rt: Runtime, port: int) -> None:
+    """`/metrics` and `/healthz` of a process that runs no web role (Prometheus scrapes each
+    process: a role's counters live in its own process)."""
+    from aiohttp import web
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=rt.metrics.render(), content_type="text/plain")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, rt.settings.web.host, port).start()
+    log.info("metrics on http://%s:%d/metrics", rt.settings.web.host, port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

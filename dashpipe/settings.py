@@ -81,6 +81,9 @@ class WebSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, lt=65536, description="0: any free port")
+    metrics_port: int | None = Field(
+        default=None, ge=0, lt=65536, description="a process without the web role serves "
+        "/metrics and /healthz here (unset: it serves nothing)")
 
 
 class ApiSettings(BaseSettings):

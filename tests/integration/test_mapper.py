@@ -264,3 +264,30 @@ async def _transformed_seen(settings: Settings, topic: str) -> bool:
     from tests.helpers import topic_size
     return await topic_size(settings, topic) > 0
 
+
+
+async def test_a_process_without_web_serves_its_own_metrics(start_roles: Any,
+                                                            settings: Settings) -> None:
+    import socket
+
+    import aiohttp
+
+    from dashpipe.settings import WebSettings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rt = await start_roles("map", web=WebSettings(port=0, metrics_port=port))
+    await rt.service.create(webhook_pipeline("counted"), ADMIN)
+    await write_raw(settings, rt.names.raw, "counted", [b'{"a": 1}'])
+
+    async def scraped() -> str:
+        try:
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+        except aiohttp.ClientConnectionError:
+            return ""
+        return text if 'dashpipe_mapped_total{pipeline_id="counted"} 1' in text else ""
+
+    assert await wait_until(scraped, what="the map process's metrics")
