@@ -230,9 +230,9 @@ async def test_the_data_api_buckets_the_stored_rows(start_roles: Any, settings: 
                                 headers=A) as r:
                 error = (await r.json())["error"]
                 assert r.status == 400 and error.startswith(word), (query, error)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{rt.web_url}/api/pipelines/unstored/data", headers=A) as r:
-            assert r.status == 400 and "persist_data" in (await r.json())["error"]
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{rt.web_url}/api/pipelines/unstored/data", headers=A) as r:
+        assert r.status == 400 and "persist_data" in (await r.json())["error"]
 
 
 async def _stored(db: asyncpg.Pool, n: int) -> bool:

@@ -15,6 +15,7 @@ Where the README leaves a choice open, the choice made here is marked "README am
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -254,7 +255,7 @@ def convert(type_name: str, fmt: str | None, value: Any) -> Any:
             if word == "false":
                 return False
             raise BadValue("not true or false")
-        if isinstance(value, int | float) and value in (0, 1):
+        if isinstance(value, int) and value in (0, 1):
             return value == 1
         raise BadValue("not a boolean")
     if type_name == "timestamp":
@@ -287,10 +288,7 @@ def apply_transform(transform: Any, value: Any) -> Any:
         return value * float(transform["scale"])
     if "map" in transform:
         table = transform["map"]
-        if isinstance(value, str):
-            lookup = value
-        else:
-            lookup = json_text(value)
+        lookup = value if isinstance(value, str) else json_text(value)
         if lookup in table:
             return table[lookup]
         if transform.get("default") is not None:
@@ -325,10 +323,7 @@ def source_value(spec: dict[str, Any], record: Any) -> Any:
     if "concat" in spec:
         texts = []
         for part in spec["concat"]:
-            if isinstance(part, dict):
-                value = part["const"]
-            else:
-                value = get(part, record)
+            value = part["const"] if isinstance(part, dict) else get(part, record)
             if not is_absent(value):
                 texts.append(as_text(value))
         if not texts:
@@ -416,10 +411,8 @@ def holds(cond: dict[str, Any], fields: dict[str, Any], specs: dict[str, Any]) -
     # on whether this also holds for == and != (the sentence sits with the ordering ops);
     # here it does. A string that is not RFC 3339 stays a string (and so never compares).
     if is_timestamp and isinstance(value, str) and op not in ("in", "not_in"):
-        try:
+        with contextlib.suppress(BadValue):
             value = parse_time("rfc3339", value)
-        except BadValue:
-            pass
     return compare(op, fields.get(name), value)
 
 
@@ -467,10 +460,7 @@ def reference(
                 fields = record
             else:
                 fields = {"value": record}
-            if spec.get("time") is None:
-                time = received_at
-            else:
-                time = row_time(spec["time"], record)
+            time = received_at if spec.get("time") is None else row_time(spec["time"], record)
         except RowFailed as exc:
             errors.append((index, str(exc)))
             continue

@@ -284,7 +284,8 @@ def _type_of(spec: Any, name: str) -> str:
 
 def _compares(cond: dict[str, Any]) -> list[dict[str, Any]]:
     if "and" in cond or "or" in cond:
-        return [c for sub in cond.get("and", cond.get("or")) for c in _compares(sub)]
+        parts = cond["and"] if "and" in cond else cond["or"]
+        return [c for sub in parts for c in _compares(sub)]
     if "not" in cond:
         return _compares(cond["not"])
     return [cond] if "field" in cond else []
@@ -440,6 +441,46 @@ def test_type_table_agrees() -> None:
                 field["format"] = fmt
             spec = {"records": "$", "fields": {"v": field}}
             check_example(spec, [{"v": value} for value in TRICKY])
+
+
+TRANSFORM_TABLE: list[Any] = [
+    "lower", "upper", "trim", {"round": 0}, {"round": 2}, {"scale": 2}, {"scale": 0.5},
+    {"map": {"true": "T", "1": "one", "1.5": "x", "abc": None, "[1]": "list", "{}": "obj",
+             "null": "N"}},
+    {"map": {"abc": "A"}, "default": "other"}, {"map": {"abc": "A"}, "default": None},
+    {"regex": "[0-9]+"}, {"regex": "([a-z])[0-9.]"}, {"regex": "([a-z])[0-9.]", "group": 0},
+    {"regex": "(?P<w>[a-z]+)(?P<n>[0-9]*)", "group": "n"}, {"regex": "a(b)?c?", "group": 1},
+]
+
+
+def test_transform_table_agrees() -> None:
+    """Every transform, alone, on every edge value, required or with a default or neither
+    (exhaustive, not drawn)."""
+    payload = [{"v": value} for value in TRICKY]
+    for transform in TRANSFORM_TABLE:
+        for extra in ({}, {"required": True}, {"default": "D"}):
+            for type_name in (None, "string", "float"):
+                field: dict[str, Any] = {"path": "v", "transforms": [transform], **extra}
+                if type_name is not None:
+                    field["type"] = type_name
+                check_example({"records": "$", "fields": {"v": field}}, payload)
+
+
+def test_sources_agree() -> None:
+    """path, first_of and concat over every pair of present, null and missing values
+    (exhaustive, not drawn)."""
+    choices = [None, 0, 1.5, "", "s", False, [1], {"k": "v"}]
+    payload: list[dict[str, Any]] = [{}]
+    payload += [{"x": x} for x in choices] + [{"y": y} for y in choices]
+    payload += [{"x": x, "y": y} for x in choices for y in choices]
+    sources: list[dict[str, Any]] = [
+        {"path": "x"}, {"first_of": ["x", "y"]}, {"first_of": ["x", "c.x", "y"]},
+        {"concat": ["x", "y"]}, {"concat": ["x", {"const": " M"}, "y"], "separator": "/"},
+        {"concat": [{"const": 1}, "x", {"const": True}]}, {"const": "k"}, {"const": [None]},
+    ]
+    for source in sources:
+        for extra in ({}, {"required": True}, {"default": 0}, {"type": "string"}):
+            check_example({"records": "$", "fields": {"v": {**source, **extra}}}, payload)
 
 
 def test_comparisons_agree() -> None:
