@@ -261,7 +261,9 @@ def cpu_seconds(pid: int) -> float:
 def child_env(servers: str, prefix: str, **extra: str) -> dict[str, str]:
     """The environment of a dashpipe role measured on its own prefix (topics and groups)."""
     return {"DASHPIPE_KAFKA_BOOTSTRAP_SERVERS": servers, "DASHPIPE_TOPIC_PREFIX": prefix,
-            "DASHPIPE_KAFKA_GROUP_PREFIX": prefix, **extra}
+            "DASHPIPE_KAFKA_GROUP_PREFIX": prefix,
+            "DASHPIPE_EGRESS_ALLOW": '["127.0.0.0/8"]',  # the local APIs and receivers
+            **extra}
 
 
 @asynccontextmanager

@@ -17,6 +17,7 @@ import shlex
 import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from ipaddress import ip_network
 from typing import Any
 
 import orjson
@@ -227,7 +228,12 @@ def demo_settings(settings: Settings) -> tuple[Settings, str | None]:
     if web.port and not stack_state.port_free(web.port):
         log.warning("port %d is busy: the web role listens on a free port instead", web.port)
         web = web.model_copy(update={"port": 0})
-    return replace(settings, api=api, web=web), generated
+    # the sample API listens on loopback, which the egress policy refuses unless allowed
+    loopback = ip_network("127.0.0.1/32")
+    egress = settings.egress
+    if loopback not in egress.allow:
+        egress = egress.model_copy(update={"allow": [*egress.allow, loopback]})
+    return replace(settings, api=api, web=web, egress=egress), generated
 
 
 async def run_demo(settings: Settings, bootstrap: str, local_kafka: bool = True,

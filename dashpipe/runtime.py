@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from dashpipe import kafka
+from dashpipe import egress, kafka
 from dashpipe.metrics import Metrics
 from dashpipe.pipelines import PipelineService
 from dashpipe.registry import Registry, RegistryWriter
@@ -50,7 +50,8 @@ async def open_runtime(settings: Settings, bootstrap: str) -> AsyncIterator[Runt
         try:
             await asyncio.wait_for(registry.ready.wait(), 60)
             writer = RegistryWriter(producer, registry)
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(  # every outgoing request passes the egress policy
+                    connector=egress.connector(settings.egress.allow)) as http:
                 yield Runtime(settings, bootstrap, names, registry, writer,
                               PipelineService(registry, writer), http)
         finally:

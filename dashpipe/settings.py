@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -111,6 +112,15 @@ class ApiSettings(BaseSettings):
 ADMIN = "*admin*"
 
 
+class EgressSettings(BaseSettings):
+    """Where outgoing requests (polls, sinks) may go: public addresses, plus these ranges."""
+
+    model_config = _config("DASHPIPE_EGRESS_")
+
+    allow: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list, description='JSON list of CIDR ranges, e.g. ["10.1.0.0/16"]')
+
+
 class WebhookSettings(BaseSettings):
     model_config = _config("DASHPIPE_WEBHOOK_")
 
@@ -141,6 +151,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     poll: PollSettings = field(default_factory=PollSettings)
+    egress: EgressSettings = field(default_factory=EgressSettings)
 
 
 def load_settings() -> Settings:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pydantic import SecretStr
 from dashpipe import kafka, stack, topics
 from dashpipe.settings import (
     DatabaseSettings,
+    EgressSettings,
     KafkaSettings,
     Settings,
     StackSettings,
@@ -91,6 +93,8 @@ def make_settings(ends: Endpoints, tag: str, state_dir: Path | None = None) -> S
         topics=TopicSettings(prefix=f"t{tag}", partitions=3, control_partitions=3),
         stack=StackSettings(state_dir=state_dir or ROOT / ".dashpipe"),
         web=WebSettings(port=0),
+        # the tests' receivers and APIs listen on loopback; the SSRF tests take this away
+        egress=EgressSettings(allow=[ip_network("127.0.0.0/8"), ip_network("::1/128")]),
     )
 
 

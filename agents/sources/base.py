@@ -24,7 +24,7 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
-from dashpipe import jsonio
+from dashpipe import egress, jsonio
 from dashpipe.errors import ConfigError, DashpipeError
 from dashpipe.jsonpath import MISSING, JsonPath, compile_path
 from schemas.pipeline import MASK, SECRET_HEADER_WORDS
@@ -254,6 +254,9 @@ def _usable(nxt: Any) -> bool:
 
 def _reason(exc: aiohttp.ClientError) -> str:
     """A short reason that never repeats the URL (its query may hold a key)."""
+    refused = egress.explain(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
         why = os_error.strerror or type(os_error).__name__
