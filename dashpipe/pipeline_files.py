@@ -17,7 +17,7 @@ import yaml
 
 from dashpipe import jsonio
 from dashpipe.errors import DashpipeError
-from dashpipe.pipelines import SERVER_FIELDS, VIEW_FIELDS, Invalid, parse
+from dashpipe.pipelines import Invalid, parse, without_view_fields
 from schemas.pipeline import MASK, Pipeline, keep_masked
 
 STDIN = "-"
@@ -97,7 +97,7 @@ def label(index: int, doc: Any) -> str:
 def prepare(doc: dict[str, Any], existing: Pipeline | None) -> dict[str, Any]:
     """The definition `PipelineService.apply` would store: server and runtime fields dropped
     (a `get`/`list --json` output applies as it is), masked secrets kept from `existing`."""
-    data = {k: v for k, v in doc.items() if k not in SERVER_FIELDS + VIEW_FIELDS}
+    data = without_view_fields(doc)
     data.setdefault("source_config", {})  # checked against its type's model even when absent
     if data.get("status") == "error":
         data["status"] = "active"

@@ -37,6 +37,15 @@ class Invalid(DashpipeError):
         self.errors = errors
 
 
+def without_view_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A definition without what the server adds to a view (so a view can be sent back)."""
+    out = {k: v for k, v in data.items() if k not in SERVER_FIELDS + VIEW_FIELDS}
+    if isinstance(out.get("sinks"), list):
+        out["sinks"] = [{k: v for k, v in sink.items() if k != "status"}
+                        if isinstance(sink, dict) else sink for sink in out["sinks"]]
+    return out
+
+
 def parse(data: Any) -> Pipeline:
     from pydantic import ValidationError
 
@@ -86,7 +95,23 @@ class PipelineService:
         out["cursor"] = st.cursor if st else None
         if self.dead_letters is not None:
             out["dead_letters"] = self.dead_letters(p.id)
+        for i, sink in enumerate(out.get("sinks", [])):
+            sink["status"] = self.sink_status(p.id, i)
         return out
+
+    def sink_status(self, pipeline_id: str, index: int) -> dict[str, Any]:
+        """Delivered / retrying / dead counts of one sink, summed over the deliver processes,
+        and the latest error."""
+        found = [s for s in self.registry.sink_status.values()
+                 if s.pipeline_id == pipeline_id and s.sink_index == index]
+        latest = max((s for s in found if s.last_error_at), key=lambda s: s.last_error_at
+                     or _now(), default=None)
+        return {"delivered": sum(s.delivered for s in found),
+                "retrying": sum(s.retrying for s in found),
+                "dead": sum(s.dead for s in found),
+                "last_error": latest.last_error if latest else None,
+                "last_error_at": latest.last_error_at.isoformat()
+                if latest and latest.last_error_at else None}
 
     def list(self, team: str) -> list[Pipeline]:
         return sorted((p for p in self.registry.pipelines.values()
@@ -99,7 +124,7 @@ class PipelineService:
         return p
 
     def _owned(self, data: dict[str, Any], team: str) -> dict[str, Any]:
-        data = {k: v for k, v in data.items() if k not in SERVER_FIELDS + VIEW_FIELDS}
+        data = without_view_fields(data)
         if data.get("status") == "error":  # a view sent back: error is runtime, not asked for
             data["status"] = "active"
         if team != ADMIN:

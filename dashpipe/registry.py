@@ -19,7 +19,7 @@ from dashpipe import kafka
 from dashpipe.errors import Unavailable
 from dashpipe.settings import KafkaSettings
 from dashpipe.topics import TopicNames
-from schemas.pipeline import Pipeline, PipelineStatus
+from schemas.pipeline import Pipeline, PipelineStatus, SinkStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class Registry:
         self.names = names
         self.pipelines: dict[str, Pipeline] = {}
         self.status: dict[str, PipelineStatus] = {}
+        self.sink_status: dict[str, SinkStatus] = {}  # key sink:<id>:<index>:<process>
         self._consumer = kafka.consumer(bootstrap, ks, group_id=None)
         self._positions: dict[TopicPartition, int] = {}
         self._moved = asyncio.Condition()
@@ -88,6 +89,11 @@ class Registry:
                     self.pipelines[pid] = new
                 for listener in self._listeners:
                     listener(pid, old, new)
+            elif pid.startswith("sink:"):
+                if value is None:
+                    self.sink_status.pop(pid, None)
+                else:
+                    self.sink_status[pid] = SinkStatus.model_validate_json(value)
             elif value is None:
                 self.status.pop(pid, None)
             elif self.own_status.get(pid) == value:
@@ -137,6 +143,12 @@ class RegistryWriter:
     async def delete(self, pipeline_id: str) -> None:
         await self._write(self.registry.names.pipelines, pipeline_id, None, wait=True)
         await self._write(self.registry.names.status, pipeline_id, None, wait=False)
+
+    async def put_sink_status(self, status: SinkStatus) -> None:
+        key = f"sink:{status.pipeline_id}:{status.sink_index}:{status.process}"
+        self.registry.sink_status[key] = status
+        await self._write(self.registry.names.status, key, status.model_dump_json().encode(),
+                          wait=False)
 
     async def put_status(self, status: PipelineStatus) -> None:
         """Write the status; the local view changes at once (the writer owns the pipeline)."""

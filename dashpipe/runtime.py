@@ -79,16 +79,14 @@ RoleMain = Callable[[Runtime], Awaitable[None]]
 
 def role_mains() -> dict[str, RoleMain]:
     """Role name -> its main coroutine (imported here, so a process loads only what it runs)."""
+    from agents.deliver import run_deliverer
     from agents.persist import run_persist
     from agents.poller import run_poller
     from agents.web import run_web
     from streams.mapper import run_mapper
 
-    async def idle(rt: Runtime) -> None:  # filled in by the deliver issue
-        await asyncio.Event().wait()
-
     return {"web": run_web, "poll": run_poller, "map": run_mapper, "persist": run_persist,
-            "deliver": idle}
+            "deliver": run_deliverer}
 
 
 async def run_roles(rt: Runtime, roles: list[str]) -> None:

@@ -121,6 +121,22 @@ class EgressSettings(BaseSettings):
         default_factory=list, description='JSON list of CIDR ranges, e.g. ["10.1.0.0/16"]')
 
 
+class DeliverySettings(BaseSettings):
+    """The `deliver` role: when failed deliveries are tried again, and how much it holds."""
+
+    model_config = _config("DASHPIPE_DELIVERY_")
+
+    retry_schedule: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        description="seconds before each retry after the first attempt (JSON list); its "
+                    "length is the number of retries")
+    jitter: float = Field(default=0.1, ge=0, le=0.5, description="+- this share of a delay")
+    queue_rows: int = Field(default=1000, ge=1, description="deliveries waiting per sink "
+                            "before more go to the retry topic")
+    status_seconds: float = Field(default=2.0, gt=0, description="how often per-sink status "
+                                  "is published")
+
+
 class WebhookSettings(BaseSettings):
     model_config = _config("DASHPIPE_WEBHOOK_")
 
@@ -152,6 +168,7 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     poll: PollSettings = field(default_factory=PollSettings)
     egress: EgressSettings = field(default_factory=EgressSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
 
 def load_settings() -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,9 +107,17 @@ async def create_all(admin: Any, specs: list[TopicSpec]) -> dict[str, str]:
 async def describe_config(admin: Any, topic: str) -> dict[str, str]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    entries = responses[0].to_object()["resources"][0]["config_entries"]
-    return {e["config_names"]: e["config_value"] for e in entries}
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:  # a topic created a moment ago may not be known to the config path yet
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)])
+        resource = responses[0].to_object()["resources"][0]
+        if resource["error_code"] == 0:
+            return {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+        if resource["error_code"] != 3 or asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"describing topic {topic}: error {resource['error_code']} "
+                               f"{resource.get('error_message') or ''}".strip())
+        await asyncio.sleep(0.1)
 
 
 async def describe(admin: Any, specs: list[TopicSpec]) -> list[dict[str, Any]]:

@@ -149,9 +149,50 @@ SOURCE_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+class Batching(_Config):
+    max_rows: int = Field(default=1, ge=1, le=10_000, description="1: one request per row")
+    max_bytes: int = Field(default=1_000_000, ge=1_000, le=50_000_000)
+    max_wait_seconds: float = Field(default=1.0, gt=0, le=300)
+
+
+class _SinkCommon(_Config):
+    url: str = Field(pattern=r"^https?://", description="where rows are sent")
+    timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookSink(_SinkCommon):
+    """POST each row as JSON, signed: Standard Webhooks with a `whsec_` secret, or the
+    original way (`x-webhook-signature`, hex HMAC-SHA256 of the body)."""
+
+    secret: str = Field(min_length=1, description="whsec_... (Standard Webhooks) or any text "
+                        "(original signing)")
+    signing: Literal["standard", "original"] = "standard"
+
+
+class HttpApiSink(_SinkCommon, _Auth):
+    """Send rows to an HTTP API: the row, or `body_template` (strings `{{path}}` replaced by
+    the row's value at that path), one per request or batched as a JSON array."""
+
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    body_template: Any = None
+    batching: Batching = Field(default_factory=Batching)
+    timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+
+
+SINK_MODELS: dict[str, type[BaseModel]] = {"webhook": WebhookSink, "http_api": HttpApiSink}
+
+
 class SinkSpec(_Config):
-    sink_type: str = Field(min_length=1)
+    sink_type: Literal["webhook", "http_api"]
     sink_config: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = Field(default=True, description="false after a 410 Gone; a PATCH "
+                          "re-enables it")
+    disabled_reason: str | None = None
+
+    def config(self) -> Any:
+        return SINK_MODELS[self.sink_type].model_validate(self.sink_config)
 
 
 class Pipeline(BaseModel):
@@ -198,6 +239,18 @@ class Pipeline(BaseModel):
                     model.source_config = typed.model_dump(mode="json")
             except ValidationError as exc:
                 errors += _details(exc, prefix=("source_config",))
+        sinks = data.get("sinks") if isinstance(data, dict) else None
+        for i, sink in enumerate(sinks if isinstance(sinks, list) else []):
+            kind_of_sink = SINK_MODELS.get(sink.get("sink_type", "")) \
+                if isinstance(sink, dict) else None
+            if kind_of_sink is None or not isinstance(sink.get("sink_config", {}), dict):
+                continue
+            try:
+                config = kind_of_sink.model_validate(sink.get("sink_config", {}))
+                if model is not None:
+                    model.sinks[i].sink_config = config.model_dump(mode="json")
+            except ValidationError as exc:
+                errors += _details(exc, prefix=("sinks", str(i), "sink_config"))
         spec = data.get("data_mapping") if isinstance(data, dict) else None
         if spec is not None:
             try:
@@ -322,4 +375,21 @@ class PipelineStatus(BaseModel):
     attempts_in_run: int = Field(default=0, ge=0)
     run_started_at: datetime | None = Field(default=None, description="first attempt of the "
                                             "current due run")
+    updated_at: datetime | None = None
+
+
+class SinkStatus(BaseModel):
+    """Delivery counts of one sink as seen by one `deliver` process, kept in the status topic
+    under the key `sink:<pipeline id>:<sink index>:<process>`; the API sums the processes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline_id: str
+    sink_index: int = Field(ge=0)
+    process: str
+    delivered: int = Field(default=0, ge=0)
+    retrying: int = Field(default=0, ge=0, description="waiting for a retry in this process")
+    dead: int = Field(default=0, ge=0)
+    last_error: str | None = None
+    last_error_at: datetime | None = None
     updated_at: datetime | None = None

@@ -19,6 +19,7 @@ from streams.compiler import Mapped, Row, RowError, compile_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 REFUSED = object()  # a value the type does not accept: the row is a dead letter
 
 
@@ -798,6 +799,48 @@ def test_time_out_of_range_in_utc_is_a_dead_letter(fmt: str, value: str, where: 
     assert not mapped.rows
     assert [e.reason.split(":")[0] for e in mapped.errors] == \
         ["time" if where == "time" else "field 't'"]
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="compiler bug: the epoch fast path "
+                   "of row times (datetime.fromtimestamp, commit 4274a1b) lets ValueError "
+                   "('year 0 is out of range') out of the mapping for an integer epoch_s / "
+                   "epoch_ms before 0001-01-01 instead of a dead letter")
+@pytest.mark.parametrize(("fmt", "value"), [("epoch_s", -62_135_596_801),
+                                            ("epoch_ms", -62_135_596_801_000)])
+def test_epoch_before_year_1_is_a_dead_letter(fmt: str, value: int) -> None:
+    mapped = run({"time": {"path": "t", "format": fmt}}, {"t": value})
+    assert not mapped.rows
+    assert [e.reason for e in mapped.errors] == \
+        [f"time: {fmt} out of range at 't', got integer {value}"]
+
+
+def test_epoch_before_year_1_in_a_field_is_a_dead_letter() -> None:
+    field = {"path": "v", "type": "timestamp", "format": "epoch_s"}
+    assert reason_of(one_field(field, -62_135_596_801)) == \
+        "field 'v': epoch_s out of range at 'v', got integer -62135596801"
+
+
+@pytest.mark.xfail(strict=True, reason="compiler bug: integer epoch_ms go through a float of "
+                   "seconds (datetime.fromtimestamp(v / 1000), commit 4274a1b), which is not "
+                   "exact to the microsecond from 2**33 s (year 2242) on: "
+                   "250000000000001 ms gives .001007, not .001000")
+@pytest.mark.parametrize("where", ["time", "field"])
+def test_integer_epoch_ms_is_exact(where: str) -> None:
+    expected = utc(9892, 3, 8, 12, 26, 40, 1000)
+    if where == "time":
+        (row,) = run({"time": {"path": "t", "format": "epoch_ms"}}, {"t": 250_000_000_000_001}).rows
+        assert row.time == expected
+    else:
+        field = {"path": "v", "type": "timestamp", "format": "epoch_ms"}
+        assert value_of(one_field(field, 250_000_000_000_001)) == expected
+
+
+def test_present_day_epoch_ms_is_exact() -> None:
+    spec = {"records": "$", "time": {"path": "t", "format": "epoch_ms"}}
+    values = [1_600_000_000_000 + 7 * i * 1_000_003 for i in range(2000)]
+    mapped = run(spec, [{"t": v} for v in values])
+    assert [r.time for r in mapped.rows] == \
+        [EPOCH_UTC + timedelta(milliseconds=v) for v in values]
 
 
 @pytest.mark.xfail(strict=True, reason="compiler bug: a `{const: null}` part of a concat is "

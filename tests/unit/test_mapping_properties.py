@@ -2,13 +2,14 @@
 interpreter (`tests/unit/mapping_reference.py`, written from the README) on generated payloads
 and generated specs.
 
-Known compiler bugs are pinned by strict xfail tests in `test_mapping.py`; the generators here
-steer clear of their triggers (see `_known_bug`) so that these properties check everything else.
+Known compiler bugs are pinned by strict xfail tests in `test_mapping.py`; the properties skip
+their triggers (see `_known_bug` and `_epoch_bug`) so that they check everything else.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,10 +19,10 @@ from pydantic import ValidationError
 
 from schemas.mapping import Mapping
 from streams.compiler import Mapped, compile_mapping
-from tests.unit.mapping_reference import reference, select_records
+from tests.unit.mapping_reference import PER_SECOND, reference, select_records
 
 RECEIVED = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("N", 200)), deadline=None,
+SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 KEYS = ["id", "a", "b", "t", "c"]  # record keys; each has its own kind of values
@@ -92,7 +93,7 @@ KIND_VALUES = {
     "a": st.one_of(integers, floats, st.sampled_from(NUMERIC_STRINGS)),
     "b": st.one_of(st.sampled_from(WORDS), st.booleans(), st.sampled_from([0, 1])),
     "t": weighted((2, st.sampled_from(TIME_STRINGS)),
-                  (1, st.integers(0, 2_000_000_000_000_000)),
+                  (1, st.integers(0, 2_000_000_000_000_000)),  # s, ms, us, out of range
                   (1, st.integers(0, 8_000_000_000).map(lambda i: i / 4))),
 }
 _KINDS = {k: weighted((4, v), (1, values)) for k, v in KIND_VALUES.items()}
@@ -312,13 +313,32 @@ def _known_bug(spec: dict[str, Any]) -> bool:
     return spec.get("key") is not None and _type_of(spec, spec["key"]) == "timestamp"
 
 
-def validated(spec: dict[str, Any]) -> Mapping:
+def _ints(value: Any) -> Iterator[int]:
+    if type(value) is int:
+        yield value
+    elif isinstance(value, dict | list):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _ints(item)
+
+
+def _hits_epoch_bug(spec: dict[str, Any], payload: Any) -> bool:
+    """Whether any integer of the payload could meet an epoch format of the spec in the
+    compiler's buggy float fast path (see `_epoch_bug`)."""
+    formats = {(spec.get("time") or {}).get("format")}
+    formats |= {f.get("format") for f in (spec.get("fields") or {}).values()
+                if isinstance(f, dict)}
+    formats &= {"epoch_s", "epoch_ms"}
+    return any(_epoch_bug(fmt, v) for fmt in formats for v in _ints(payload))
+
+
+def validated(spec: dict[str, Any], payload: Any = None) -> Mapping:
     try:
         model = Mapping.model_validate(spec)
     except ValidationError:
         assume(False)
         raise  # unreachable: assume(False) raises
     assume(not _known_bug(spec))
+    assume(not _hits_epoch_bug(spec, payload))
     return model
 
 
@@ -353,7 +373,7 @@ def assert_agree(got: Mapped, want: tuple[Any, ...]) -> None:
 
 def check(spec: dict[str, Any], payload: Any) -> None:
     """Inside a hypothesis test: a spec the model refuses (or a known bug) is skipped."""
-    model = validated(spec)
+    model = validated(spec, payload)
     got = compile_mapping(model)(payload, RECEIVED)
     for kind, count in (("rows", len(got.rows)), ("dead letters", len(got.errors)),
                         ("filtered", got.filtered)):
@@ -457,6 +477,10 @@ def test_time_formats_agree(fmt: str, value: Any) -> None:
                       (1, edge_epochs.map(lambda v: v + 0.5))))
 def test_epochs_at_the_edges_agree(fmt: str, value: Any) -> None:
     assume(not _epoch_bug(fmt, value))
+    if isinstance(value, float):
+        # a float far from 1970 is not exact to the microsecond, in either implementation
+        # (the README says nothing of float precision): compare only floats of < 2**52 µs
+        assume(abs(value) * 1_000_000 / PER_SECOND[fmt] < 2**52)
     check({"time": {"path": "t", "format": fmt}}, {"t": value})
     field = {"path": "t", "type": "timestamp", "format": fmt}
     check({"fields": {"t": field}}, {"t": value})
@@ -569,7 +593,7 @@ def test_no_mapping_is_the_payload_as_one_row(payload: Any) -> None:
 def test_every_record_is_a_row_an_error_or_filtered(spec: dict[str, Any], payload: Any) -> None:
     """Row indexes are positions among the selected records: each record is a row, a dead
     letter or filtered, once; a dead letter carries its record."""
-    got = compile_mapping(validated(spec))(payload, RECEIVED)
+    got = compile_mapping(validated(spec, payload))(payload, RECEIVED)
     selected = select_records(spec.get("records"), payload)
     if selected is None:
         assert not got.rows and not got.filtered

@@ -1,0 +1,368 @@
+"""Role `deliver`: rows to each pipeline's sinks. Consumer group `<prefix>-deliver` on the
+transformed topic and the retry topic.
+
+Every sink of every pipeline has its own queue and `concurrency` workers, so a slow or failing
+sink never holds up another sink, another pipeline or the partition; when a sink's queue is full,
+new deliveries go to the retry topic instead of waiting. A failed attempt that may succeed later
+is written to the retry topic with its due time (`DASHPIPE_DELIVERY_RETRY_SCHEDULE`, jittered,
+at least the `Retry-After` asked for); the retry topic is read back by this role, each record
+held until due. Nothing waits in memory only: offsets (of both topics) are committed up to the
+first record whose deliveries are not settled (delivered, written to the retry topic, or
+written as a dead letter), so a restart repeats what was in flight and loses nothing.
+Receivers deduplicate by the message id (`webhook-id`), derived from the row's lineage and the
+sink's index, the same on every attempt and every replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import logging
+import random
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from agents.sinks import SINKS, Attempt, send
+from dashpipe import kafka
+from dashpipe.batcher import partition_for, send_records
+from dashpipe.runtime import Runtime
+from schemas.pipeline import Pipeline, SinkStatus
+from schemas.records import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+Origin = tuple[TopicPartition, int]
+
+
+def message_id(pipeline_id: str, lineage: dict[str, Any], sink_index: int) -> str:
+    """Stable per row and sink: the same on every attempt, restart and replay."""
+    text = (f"{pipeline_id}:{lineage['raw_partition']}:{lineage['raw_offset']}:"
+            f"{lineage['row_index']}:{sink_index}")
+    return "msg_" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class Delivery:
+    pipeline_id: str
+    sink_index: int
+    rows: list[dict[str, Any]]
+    msg_id: str
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    origins: list[Origin] = field(default_factory=list)  # records settled by this delivery
+    due: float = 0.0
+
+    def retry_record(self) -> bytes:
+        return orjson.dumps({"pipeline_id": self.pipeline_id, "sink_index": self.sink_index,
+                             "msg_id": self.msg_id, "rows": self.rows,
+                             "attempts": self.attempts, "due_at": self.due,
+                             "schema_version": SCHEMA_VERSION})
+
+    @classmethod
+    def from_retry(cls, value: bytes) -> Delivery:
+        r = orjson.loads(value)
+        return cls(r["pipeline_id"], r["sink_index"], r["rows"], r["msg_id"],
+                   r.get("attempts", []), due=float(r["due_at"]))
+
+
+class Offsets:
+    """Per partition, the records whose deliveries are not settled; commit below the first."""
+
+    def __init__(self) -> None:
+        self.pending: dict[TopicPartition, dict[int, int]] = defaultdict(dict)
+        self.next: dict[TopicPartition, int] = {}
+
+    def add(self, tp: TopicPartition, offset: int, count: int) -> None:
+        self.next[tp] = offset + 1
+        if count:
+            self.pending[tp][offset] = count
+
+    def settle(self, origin: Origin) -> None:
+        tp, offset = origin
+        left = self.pending[tp].get(offset)
+        if left is None:
+            return  # the partition was revoked meanwhile
+        if left <= 1:
+            del self.pending[tp][offset]
+        else:
+            self.pending[tp][offset] = left - 1
+
+    def committable(self) -> dict[TopicPartition, int]:
+        return {tp: min(self.pending[tp], default=end) for tp, end in self.next.items()}
+
+    def forget(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.pending.pop(tp, None)
+            self.next.pop(tp, None)
+
+
+@dataclass
+class SinkCounts:
+    delivered: int = 0
+    dead: int = 0
+    retrying: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    changed: bool = True
+
+
+class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, rt: Runtime, partitions: dict[str, int]) -> None:
+        self.rt = rt
+        self.settings = rt.settings.delivery
+        self.partitions = partitions
+        self.offsets = Offsets()
+        self.queues: dict[tuple[str, int], asyncio.Queue[Delivery]] = {}
+        self.workers: list[asyncio.Task[None]] = []
+        self.held: list[tuple[float, int, Delivery]] = []  # retries not due yet (a heap)
+        self.counts: dict[tuple[str, int], SinkCounts] = defaultdict(SinkCounts)
+        self.process = uuid.uuid4().hex[:12]
+        self._seq = 0
+
+    # --- rebalance ----------------------------------------------------------------------
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        gone = set(revoked)
+        self.held = [h for h in self.held if not set(h[2].origins) & gone]
+        heapq.heapify(self.held)
+        self.offsets.forget(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.rt.metrics.inc("dashpipe_deliver_assignments_total")
+
+    # --- intake -------------------------------------------------------------------------
+    def take(self, tp: TopicPartition, record: Any) -> None:
+        """Plan the deliveries of one consumed record (transformed row or retry)."""
+        names = self.rt.names
+        if tp.topic == names.retry:
+            delivery = Delivery.from_retry(record.value)
+            delivery.origins.append((tp, record.offset))
+            self.offsets.add(tp, record.offset, 1)
+            self._hold(delivery)
+            return
+        planned = self.plan(record)
+        self.offsets.add(tp, record.offset, len(planned))
+        for delivery in planned:
+            delivery.origins.append((tp, record.offset))
+            self.submit(delivery)
+
+    def plan(self, record: Any) -> list[Delivery]:
+        pid = next((v.decode() for k, v in record.headers if k == "dashpipe-pipeline-id"), None)
+        p = self.rt.registry.pipelines.get(pid) if pid else None
+        if p is None or not p.sinks or record.value is None:
+            return []
+        row = orjson.loads(record.value)
+        out = []
+        for i, sink in enumerate(p.sinks):
+            if not sink.enabled:
+                self.rt.metrics.inc("dashpipe_deliver_skipped_total", pipeline_id=p.id,
+                                    sink=str(i), reason="disabled")
+                continue
+            out.append(Delivery(p.id, i, [row], message_id(p.id, row["lineage"], i)))
+        return out
+
+    def _hold(self, delivery: Delivery) -> None:
+        self._seq += 1
+        heapq.heappush(self.held, (delivery.due, self._seq, delivery))
+        self.counts[(delivery.pipeline_id, delivery.sink_index)].retrying += 1
+
+    def release_due(self) -> None:
+        now = time.time()
+        while self.held and self.held[0][0] <= now:
+            _, _, delivery = heapq.heappop(self.held)
+            counts = self.counts[(delivery.pipeline_id, delivery.sink_index)]
+            counts.retrying = max(0, counts.retrying - 1)
+            self.submit(delivery)
+
+    def submit(self, delivery: Delivery) -> None:
+        key = (delivery.pipeline_id, delivery.sink_index)
+        queue = self.queues.get(key)
+        if queue is None:
+            p = self.rt.registry.pipelines.get(delivery.pipeline_id)
+            concurrency = p.sinks[delivery.sink_index].config().concurrency \
+                if p is not None and delivery.sink_index < len(p.sinks) else 1
+            queue = self.queues[key] = asyncio.Queue(self.settings.queue_rows)
+            self.workers += [asyncio.create_task(self._work(queue), name=f"sink {key}")
+                             for _ in range(concurrency)]
+        try:
+            queue.put_nowait(delivery)
+        except asyncio.QueueFull:  # this sink is behind: park the delivery, keep flowing
+            delivery.due = time.time() + 1.0
+            self.workers.append(asyncio.create_task(self._park(delivery)))
+
+    # --- delivery -----------------------------------------------------------------------
+    async def _work(self, queue: asyncio.Queue[Delivery]) -> None:
+        while True:
+            delivery = await queue.get()
+            try:
+                await self.attempt(delivery)
+            except Exception:  # never lose the worker; the delivery repeats after a restart
+                log.exception("deliver: unexpected error for %s sink %d",
+                              delivery.pipeline_id, delivery.sink_index)
+
+    async def attempt(self, delivery: Delivery) -> None:
+        p = self.rt.registry.pipelines.get(delivery.pipeline_id)
+        if p is None or delivery.sink_index >= len(p.sinks):
+            return self._settle(delivery)  # pipeline or sink deleted
+        sink = p.sinks[delivery.sink_index]
+        if not sink.enabled:
+            return await self._dead(delivery, p, f"sink disabled: {sink.disabled_reason}")
+        config = sink.config()
+        request = SINKS[sink.sink_type](config, delivery.rows, delivery.msg_id,
+                                        int(time.time()))
+        result = await send(self.rt.http, request, config.timeout_seconds)
+        delivery.attempts.append(result.record())
+        counts = self.counts[(p.id, delivery.sink_index)]
+        labels = {"pipeline_id": p.id, "sink": str(delivery.sink_index)}
+        if result.outcome == "delivered":
+            counts.delivered += len(delivery.rows)
+            counts.changed = True
+            self.rt.metrics.inc("dashpipe_delivered_total", len(delivery.rows), **labels)
+            self.rt.metrics.observe("dashpipe_delivery_seconds", result.seconds, **labels)
+            return self._settle(delivery)
+        self._error(counts, result)
+        if result.outcome == "gone":
+            await self._disable(p, delivery.sink_index, result)
+            return await self._dead(delivery, p, f"{result.error}: the sink is disabled")
+        if result.outcome == "retry" and len(delivery.attempts) <= len(
+                self.settings.retry_schedule):
+            return await self._retry(delivery, result)
+        reason = result.error or "failed"
+        if result.outcome == "retry":
+            reason = f"gave up after {len(delivery.attempts)} attempts: {reason}"
+        return await self._dead(delivery, p, reason)
+
+    async def _retry(self, delivery: Delivery, result: Attempt) -> None:
+        delay = self.settings.retry_schedule[len(delivery.attempts) - 1]
+        delay *= 1 + random.uniform(-self.settings.jitter, self.settings.jitter)
+        delivery.due = time.time() + max(delay, result.retry_after or 0.0)
+        key = f"{delivery.pipeline_id}:{delivery.sink_index}".encode()
+        topic = self.rt.names.retry
+        await _write(self.rt, {(topic, partition_for(key, self.partitions[topic])): [
+            (key, delivery.retry_record(), [("dashpipe-pipeline-id",
+                                             delivery.pipeline_id.encode())], None)]})
+        self.rt.metrics.inc("dashpipe_delivery_retries_total", pipeline_id=delivery.pipeline_id,
+                            sink=str(delivery.sink_index))
+        self._settle(delivery)
+
+    async def _park(self, delivery: Delivery) -> None:
+        key = f"{delivery.pipeline_id}:{delivery.sink_index}".encode()
+        topic = self.rt.names.retry
+        await _write(self.rt, {(topic, partition_for(key, self.partitions[topic])): [
+            (key, delivery.retry_record(), [], None)]})
+        self._settle(delivery)
+
+    async def _dead(self, delivery: Delivery, p: Pipeline, reason: str) -> None:
+        dlq, key = self.rt.names.dlq, p.id.encode()
+        first = delivery.rows[0] if delivery.rows else {}
+        value = orjson.dumps({
+            "stage": "deliver", "reason": reason, "pipeline_id": p.id, "team_id": p.team_id,
+            "lineage": first.get("lineage"), "mapping_version": first.get("mapping_version"),
+            "sink_index": delivery.sink_index, "attempts": delivery.attempts,
+            "failed_at": datetime.now(UTC), "record": first if len(delivery.rows) == 1
+            else delivery.rows, "schema_version": SCHEMA_VERSION}, option=orjson.OPT_UTC_Z)
+        await _write(self.rt, {(dlq, partition_for(key, self.partitions[dlq])): [
+            (key, value, [("dashpipe-pipeline-id", key), ("dashpipe-team-id",
+                                                         p.team_id.encode()),
+                          ("dashpipe-stage", b"deliver")], None)]})
+        counts = self.counts[(p.id, delivery.sink_index)]
+        counts.dead += len(delivery.rows)
+        counts.changed = True
+        self.rt.metrics.inc("dashpipe_delivery_dead_total", len(delivery.rows),
+                            pipeline_id=p.id, sink=str(delivery.sink_index))
+        self._settle(delivery)
+
+    async def _disable(self, p: Pipeline, index: int, result: Attempt) -> None:
+        current = self.rt.registry.pipelines.get(p.id)
+        if current is None or index >= len(current.sinks) or not current.sinks[index].enabled:
+            return
+        sinks = [s.model_dump(mode="json") for s in current.sinks]
+        sinks[index].update(enabled=False, disabled_reason=f"{result.error} at "
+                            f"{result.at.isoformat()}")
+        updated = current.model_copy(update={"sinks": [type(current.sinks[0])(**s)
+                                                       for s in sinks],
+                                             "updated_at": datetime.now(UTC)})
+        await self.rt.writer.put(updated)
+        log.warning("deliver: sink %d of %s disabled (410 Gone); PATCH it to enable again",
+                    index, p.id)
+
+    def _error(self, counts: SinkCounts, result: Attempt) -> None:
+        counts.last_error, counts.last_error_at, counts.changed = result.error, result.at, True
+
+    def _settle(self, delivery: Delivery) -> None:
+        for origin in delivery.origins:
+            self.offsets.settle(origin)
+
+    async def publish(self) -> None:
+        """The per-sink counts of this process, into the status topic (changed ones only)."""
+        for (pid, index), c in list(self.counts.items()):
+            if not c.changed:
+                continue
+            c.changed = False
+            await self.rt.writer.put_sink_status(SinkStatus(
+                pipeline_id=pid, sink_index=index, process=self.process,
+                delivered=c.delivered, retrying=c.retrying, dead=c.dead,
+                last_error=c.last_error, last_error_at=c.last_error_at,
+                updated_at=datetime.now(UTC)))
+
+
+async def _write(rt: Runtime, records: dict[tuple[str, int], list[Any]]) -> None:
+    """Write until Kafka acknowledged it: a retry or dead letter is never dropped."""
+    delay = 0.5
+    while True:
+        try:
+            return await send_records(rt.writer.producer, records)
+        except KafkaError as exc:
+            log.warning("deliver: write failed (%s); retrying in %.1fs", type(exc).__name__,
+                        delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def run_deliverer(rt: Runtime) -> None:
+    names = rt.names
+    counts: dict[str, int] = {}
+    for tp in await kafka.partitions(rt.writer.producer, names.retry, names.dlq):
+        counts[tp.topic] = counts.get(tp.topic, 0) + 1
+    deliverer = Deliverer(rt, counts)
+    rt.roles["deliver"] = deliverer
+    consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("deliver"))
+    consumer.subscribe([names.transformed, names.retry], listener=deliverer)
+    last_commit = last_publish = 0.0
+    async with kafka.started(consumer):
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+                for tp, records in batch.items():
+                    for record in records:
+                        deliverer.take(tp, record)
+                deliverer.release_due()
+                now = time.monotonic()
+                if now - last_commit >= 1.0:
+                    last_commit = now
+                    await _commit(consumer, deliverer.offsets)
+                if now - last_publish >= rt.settings.delivery.status_seconds:
+                    last_publish = now
+                    await deliverer.publish()
+        finally:
+            for task in deliverer.workers:
+                task.cancel()
+            await asyncio.gather(*deliverer.workers, return_exceptions=True)
+
+
+async def _commit(consumer: Any, offsets: Offsets) -> None:
+    assigned = consumer.assignment()
+    todo = {tp: o for tp, o in offsets.committable().items() if tp in assigned}
+    if not todo:
+        return
+    try:
+        await consumer.commit(todo)
+    except CommitFailedError as exc:  # rebalanced: the new owner repeats what was pending
+        log.warning("deliver: offsets not committed (%s)", exc)

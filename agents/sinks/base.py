@@ -1,0 +1,85 @@
+"""The sink contract: an adapter turns rows into one HTTP request; `send` makes it and
+classifies the answer. Adapters differ only in the request they build.
+
+Outcomes: 2xx within the timeout -> delivered; 408, 429, 5xx, timeouts and connection
+failures -> retry (honouring `Retry-After`); 410 -> gone (the sink is disabled); any other
+status, or a destination the egress policy refuses -> dead at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import aiohttp
+
+from agents.sources.base import retry_after
+from dashpipe import egress
+
+Outcome = Literal["delivered", "retry", "dead", "gone"]
+RETRY_STATUSES = frozenset({408, 429})
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+# (config, rows, message id, unix time of the attempt) -> the request
+Build = Callable[[Any, list[dict[str, Any]], str, int], Request]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    outcome: Outcome
+    at: datetime
+    status: int | None
+    error: str | None
+    seconds: float
+    retry_after: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "status": self.status, "error": self.error,
+                "seconds": round(self.seconds, 3)}
+
+
+def classify(status: int) -> Outcome:
+    if 200 <= status < 300:
+        return "delivered"
+    if status == 410:
+        return "gone"
+    if status in RETRY_STATUSES or status >= 500:
+        return "retry"
+    return "dead"
+
+
+async def send(http: aiohttp.ClientSession, request: Request, timeout: float) -> Attempt:
+    at = datetime.now(UTC)
+    clock = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout), http.request(
+                request.method, request.url, data=request.body, headers=request.headers,
+                allow_redirects=False) as resp:
+            text = (await resp.content.read(300)).decode(errors="replace")
+            status = resp.status
+            outcome = classify(status)
+            error = None if outcome == "delivered" else f"HTTP {status} {text[:200]}".strip()
+            wait = retry_after(resp.headers.get("Retry-After")) \
+                if outcome == "retry" else None
+            return Attempt(outcome, at, status, error, time.perf_counter() - clock, wait)
+    except TimeoutError:
+        return Attempt("retry", at, None, f"no answer within {timeout:g}s",
+                       time.perf_counter() - clock)
+    except aiohttp.ClientError as exc:
+        refused = egress.explain(exc)
+        if refused is not None:
+            return Attempt("dead", at, None, refused, time.perf_counter() - clock)
+        return Attempt("retry", at, None, f"connection failed: {type(exc).__name__}",
+                       time.perf_counter() - clock)

@@ -1,0 +1,27 @@
+"""`webhook` sink: POST each row as JSON, signed per Standard Webhooks (`webhook-id` stable per
+row and sink, `webhook-timestamp`, `webhook-signature: v1,<base64>`), or the original way
+(`x-webhook-signature`: hex HMAC-SHA256 of the body)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agents.signatures import ORIGINAL_HEADER, sign_original, sign_standard
+from agents.sinks.base import Request
+from schemas.pipeline import WebhookSink
+
+
+def webhook_request(config: WebhookSink, rows: list[dict[str, Any]], msg_id: str,
+                    now: int) -> Request:
+    body = orjson.dumps(rows[0] if len(rows) == 1 else rows)
+    headers = {**config.headers, "Content-Type": "application/json",
+               "User-Agent": "dashpipe"}
+    if config.signing == "standard":
+        headers.update({"webhook-id": msg_id, "webhook-timestamp": str(now),
+                        "webhook-signature": sign_standard(config.secret, msg_id, now, body)})
+    else:
+        headers.update({ORIGINAL_HEADER: sign_original(config.secret, body),
+                        "x-webhook-id": msg_id})
+    return Request("POST", config.url, headers, body)
