@@ -105,6 +105,14 @@ class Offsets:
 
 
 @dataclass
+class _Batch:
+    started: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    origins: list[Origin] = field(default_factory=list)
+    size: int = 0
+
+
+@dataclass
 class SinkCounts:
     delivered: int = 0
     dead: int = 0
@@ -123,6 +131,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.queues: dict[tuple[str, int], asyncio.Queue[Delivery]] = {}
         self.workers: list[asyncio.Task[None]] = []
         self.held: list[tuple[float, int, Delivery]] = []  # retries not due yet (a heap)
+        self.batches: dict[tuple[str, int], _Batch] = {}  # rows gathering for batched sinks
         self.counts: dict[tuple[str, int], SinkCounts] = defaultdict(SinkCounts)
         self.process = uuid.uuid4().hex[:12]
         self._seq = 0
@@ -130,6 +139,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
     # --- rebalance ----------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         gone = set(revoked)
+        self.flush_batches(everything=True)  # their rows go out; revoked origins are forgotten
         self.held = [h for h in self.held if not set(h[2].origins) & gone]
         heapq.heapify(self.held)
         self.offsets.forget(list(revoked))
@@ -147,26 +157,54 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             self.offsets.add(tp, record.offset, 1)
             self._hold(delivery)
             return
-        planned = self.plan(record)
-        self.offsets.add(tp, record.offset, len(planned))
+        planned, batched = self.plan(record, (tp, record.offset))
+        self.offsets.add(tp, record.offset, len(planned) + batched)
         for delivery in planned:
             delivery.origins.append((tp, record.offset))
             self.submit(delivery)
+        if batched:
+            self.flush_batches()
 
-    def plan(self, record: Any) -> list[Delivery]:
+    def plan(self, record: Any, origin: Origin) -> tuple[list[Delivery], int]:
+        """The deliveries of one row, and how many batches it joined instead."""
         pid = next((v.decode() for k, v in record.headers if k == "dashpipe-pipeline-id"), None)
         p = self.rt.registry.pipelines.get(pid) if pid else None
         if p is None or not p.sinks or record.value is None:
-            return []
+            return [], 0
         row = orjson.loads(record.value)
         out = []
+        batched = 0
         for i, sink in enumerate(p.sinks):
             if not sink.enabled:
                 self.rt.metrics.inc("dashpipe_deliver_skipped_total", pipeline_id=p.id,
                                     sink=str(i), reason="disabled")
                 continue
+            limits = getattr(sink.config(), "batching", None)
+            if limits is not None and limits.max_rows > 1:
+                batch = self.batches.setdefault((p.id, i), _Batch(time.monotonic()))
+                batch.rows.append(row)
+                batch.origins.append(origin)
+                batch.size += len(record.value)
+                batched += 1
+                continue
             out.append(Delivery(p.id, i, [row], message_id(p.id, row["lineage"], i)))
-        return out
+        return out, batched
+
+    def flush_batches(self, everything: bool = False) -> None:
+        """Send the batches that are full (rows or bytes) or old enough."""
+        now = time.monotonic()
+        for (pid, index), batch in list(self.batches.items()):
+            p = self.rt.registry.pipelines.get(pid)
+            limits = getattr(p.sinks[index].config(), "batching", None) \
+                if p is not None and index < len(p.sinks) else None
+            if limits is not None and not everything and \
+                    len(batch.rows) < limits.max_rows and batch.size < limits.max_bytes and \
+                    now - batch.started < limits.max_wait_seconds:
+                continue
+            del self.batches[(pid, index)]
+            first = batch.rows[0]
+            msg_id = message_id(pid, first["lineage"], index) + f"-{len(batch.rows)}"
+            self.submit(Delivery(pid, index, batch.rows, msg_id, origins=batch.origins))
 
     def _hold(self, delivery: Delivery) -> None:
         self._seq += 1
@@ -344,6 +382,7 @@ async def run_deliverer(rt: Runtime) -> None:
                     for record in records:
                         deliverer.take(tp, record)
                 deliverer.release_due()
+                deliverer.flush_batches()
                 now = time.monotonic()
                 if now - last_commit >= 1.0:
                     last_commit = now

@@ -239,3 +239,17 @@ async def test_deliver_killed_mid_retry_loses_nothing(start_roles: Any, settings
     # at least once: a row whose retry was pending may also be tried again from its first
     # record; the repeat carries the same webhook-id, for the receiver to drop
     assert set(receiver.ok_ids()) == {h["webhook-id"] for _, h, _, _ in receiver.seen}
+
+
+async def test_a_batched_http_api_sink_sends_arrays(start_roles: Any, settings: Settings,
+                                                    receiver: Receiver) -> None:
+    rt = await start_roles("map", "deliver", delivery=FAST)
+    await rt.service.create(with_sinks("batched", {"sink_type": "http_api", "sink_config": {
+        "url": receiver.url, "batching": {"max_rows": 5, "max_wait_seconds": 0.5}}}), ADMIN)
+    await write_raw(settings, rt.names.raw, "batched", numbers(*range(12)))
+    await wait_until(lambda: sum(len(orjson.loads(b)) for _, _, b, _ in receiver.seen) == 12,
+                     what="twelve rows in arrays")
+    sizes = [len(orjson.loads(b)) for _, _, b, _ in receiver.seen]
+    assert max(sizes) <= 5 and len(sizes) >= 3
+    keys = [h["Idempotency-Key"] for _, h, _, _ in receiver.seen]
+    assert len(set(keys)) == len(keys)

@@ -324,10 +324,9 @@ def _ints(value: Any) -> Iterator[int]:
 def _hits_epoch_bug(spec: dict[str, Any], payload: Any) -> bool:
     """Whether any integer of the payload could meet an epoch format of the spec in the
     compiler's buggy float fast path (see `_epoch_bug`)."""
-    formats = {(spec.get("time") or {}).get("format")}
-    formats |= {f.get("format") for f in (spec.get("fields") or {}).values()
-                if isinstance(f, dict)}
-    formats &= {"epoch_s", "epoch_ms"}
+    used = [(spec.get("time") or {}).get("format")]
+    used += [f.get("format") for f in (spec.get("fields") or {}).values() if isinstance(f, dict)]
+    formats = {fmt for fmt in used if fmt in ("epoch_s", "epoch_ms")}
     return any(_epoch_bug(fmt, v) for fmt in formats for v in _ints(payload))
 
 
