@@ -68,6 +68,15 @@ class JsonPath:
                 node = node[arg]
         return node
 
+    def before_wildcard(self) -> tuple[JsonPath | None, bool]:
+        """The path up to its first wildcard (None when it starts with one), and whether that
+        wildcard is the last step."""
+        for i, (kind, _) in enumerate(self._steps):
+            if kind == _WILD:
+                prefix = JsonPath(self.path, self._steps[:i]) if i else None
+                return prefix, i == len(self._steps) - 1
+        return self, False
+
     def keys(self) -> list[str] | None:
         """The names of a path made of names only (`a.b` -> ["a", "b"]), else None."""
         if not self._steps or any(kind != _KEY for kind, _ in self._steps):

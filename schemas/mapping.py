@@ -14,6 +14,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -187,6 +188,12 @@ class Compare(_Spec):
     op: Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in"]
     value: Any = None
 
+    @model_validator(mode="after")
+    def _list_for_in(self) -> Compare:
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"op {self.op} needs a list value")
+        return self
+
 
 class Exists(_Spec):
     exists: str = Field(description="the field is present and not null")
@@ -219,9 +226,10 @@ class Mapping(_Spec):
     records: str | None = Field(default=None, description="path selecting the rows, e.g. "
                                 "`features[*]`; absent: the whole payload is one row")
     time: TimeSpec | None = Field(default=None, description="absent: the received time")
-    key: str | None = Field(default=None, description="an output field used as the Kafka key")
     fields: dict[str, FieldSpec] = Field(default_factory=dict, description="absent: each row "
                                          "passes through as its fields")
+    # after `fields`, so that their validators see them
+    key: str | None = Field(default=None, description="an output field used as the Kafka key")
     filter: Condition | None = Field(default=None, description="rows for which it is false "
                                      "are dropped")
 
@@ -236,16 +244,23 @@ class Mapping(_Spec):
                                  "with a digit, at most 63 characters")
         return value
 
-    @model_validator(mode="after")
-    def _references(self) -> Mapping:
-        known = set(self.fields)
-        if self.key is not None and self.fields and self.key not in known:
-            raise ValueError(f"key {self.key!r} is not one of the fields")
-        if self.filter is not None and self.fields:
-            unknown = sorted(_condition_fields(self.filter) - known)
+    @field_validator("key")
+    @classmethod
+    def _key_is_a_field(cls, value: str | None, info: ValidationInfo) -> str | None:
+        fields = info.data.get("fields")
+        if value is not None and fields and value not in fields:
+            raise ValueError(f"key {value!r} is not one of the fields")
+        return value
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_fields(cls, value: Any, info: ValidationInfo) -> Any:
+        fields = info.data.get("fields")
+        if value is not None and fields:
+            unknown = sorted(_condition_fields(value) - set(fields))
             if unknown:
                 raise ValueError(f"filter uses unknown field(s): {', '.join(unknown)}")
-        return self
+        return value
 
 
 def _condition_fields(cond: Any) -> set[str]:

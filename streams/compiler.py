@@ -38,7 +38,10 @@ from schemas.mapping import (
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_EPOCH_S = 253402300799  # 9999-12-31T23:59:59Z
+# integers of seconds or milliseconds go through a float of seconds, which is exact to the
+# microsecond below 2**33 s (year 2242); outside that, and before year 1, the exact path
+_FAST_EPOCH_S = 2**33
+_MIN_EPOCH_S = -62135596800  # 0001-01-01T00:00:00Z
 Value = Callable[[Any], Any]
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -157,10 +160,11 @@ def _timestamp(fmt: str) -> Value:
         per_second = EPOCH_FORMATS[fmt]
         micros = 1_000_000 // per_second
 
-        exact_float = per_second <= 1_000  # a float of seconds is exact to the microsecond
+        exact_float = per_second <= 1_000  # see _FAST_EPOCH_S
 
         def epoch(v: Any) -> datetime:
-            if type(v) is int and exact_float:
+            if type(v) is int and exact_float and \
+                    _MIN_EPOCH_S <= v / per_second < _FAST_EPOCH_S:
                 try:
                     return datetime.fromtimestamp(v / per_second, UTC)
                 except (OverflowError, OSError, ValueError):
@@ -187,7 +191,10 @@ def _timestamp(fmt: str) -> Value:
             t = datetime.fromisoformat(v) if fmt == "rfc3339" else datetime.strptime(v, fmt)
         except ValueError:
             raise _Bad(f"expected {fmt}") from None
-        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        try:
+            return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise _Bad(f"{fmt} out of range") from None
     return parse
 
 
@@ -292,6 +299,8 @@ def _steps(transforms: list[Any]) -> list[Value]:
 def _text(v: Any) -> str:
     if type(v) is str:
         return v
+    if isinstance(v, datetime):
+        return v.isoformat()
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -321,7 +330,8 @@ def _source(spec: FieldSpec) -> tuple[Value, str]:
         parts: list[Value] = []
         for part in spec.concat:
             if isinstance(part, Const):
-                parts.append(_constant(_text(part.const)))
+                if part.const is not None:  # a null part is skipped, as a null value is
+                    parts.append(_constant(_text(part.const)))
             else:
                 parts.append(compile_path(part).getter())
         sep = spec.separator
@@ -417,7 +427,7 @@ def _time(spec: TimeSpec) -> Value:
 
     def row_time(rec: Any) -> datetime:
         v = get(rec)
-        if direct and type(v) is int and -_MAX_EPOCH_S < v / per_second < _MAX_EPOCH_S:
+        if direct and type(v) is int and _MIN_EPOCH_S <= v / per_second < _FAST_EPOCH_S:
             return datetime.fromtimestamp(v / per_second, UTC)
         if v is None or v is MISSING:
             raise _Fail(f"time: {path!r} is {'missing' if v is MISSING else 'null'}")
@@ -451,7 +461,10 @@ def _predicate(cond: Any, types: dict[str, FieldSpec]) -> Predicate:
     name, value = cond.field, cond.value
     spec = types.get(name)
     if spec is not None and spec.type == "timestamp" and isinstance(value, str):
-        value = _timestamp("rfc3339")(value)  # compare times as times
+        try:
+            value = _timestamp("rfc3339")(value)  # compare times as times
+        except _Bad:
+            pass  # not a time: it never compares with one
     if cond.op in ("in", "not_in"):
         options = value if isinstance(value, list) else [value]
         inside = cond.op == "in"
@@ -486,9 +499,8 @@ def _records(path: str | None) -> Callable[[Any], list[Any] | None]:
                 return None
             return v if isinstance(v, list) else [v]
         return one
-    cut = min(i for i in (path.find("[*]"), path.find(".*")) if i >= 0)
-    parent = compile_path(path[:cut]) if cut > 0 else None
-    if parent is not None and path.endswith("[*]") and cut == len(path) - 3:
+    parent, wildcard_last = compiled.before_wildcard()
+    if parent is not None and wildcard_last:
         items = parent.getter()  # the common `features[*]`: the array itself
 
         def array(payload: Any) -> list[Any] | None:

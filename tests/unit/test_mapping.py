@@ -716,14 +716,10 @@ def test_validation_of_references_names_them_in_the_message() -> None:
     )["msg"]
 
 
-@pytest.mark.xfail(strict=True, reason="schema bug: a key that is not a field is reported at "
-                   "the mapping's root (loc ()), not at `key`")
 def test_key_not_a_field_is_located_at_key() -> None:
     assert error_of({"fields": {"mag": "m"}, "key": "id"})["loc"] == ("key",)
 
 
-@pytest.mark.xfail(strict=True, reason="schema bug: a filter on an unknown field is reported "
-                   "at the mapping's root (loc ()), not at `filter`")
 def test_unknown_filter_field_is_located_at_filter() -> None:
     error = error_of({"fields": {"mag": "m"}, "filter": {"field": "depth", "op": "==",
                                                           "value": 1}})
@@ -739,12 +735,9 @@ def test_valid_specs() -> None:
     Mapping.model_validate({"fields": {"v": {"path": "v", "required": True, "default": None}}})
 
 
-# --- known compiler bugs (strict xfail: once fixed they XPASS, which fails: drop the mark) ---
+# --- bugs found by the property tests, fixed: kept as regressions ---
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="compiler bug: a records path "
-                   "starting with a bare wildcard (`*`, `*.x`) crashes compile_mapping: "
-                   "min() of an empty sequence in _records")
 @pytest.mark.parametrize(("records", "payload", "rows"), [
     ("*", {"a": {"v": 1}, "b": {"v": 2}}, [{"v": 1}, {"v": 2}]),
     ("*.x", {"a": {"x": 1}, "b": {"y": 2}}, [{"value": 1}]),
@@ -753,26 +746,17 @@ def test_records_bare_wildcard(records: str, payload: Any, rows: list[Any]) -> N
     assert [r.fields for r in run({"records": records}, payload).rows] == rows
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="compiler bug: _records finds the "
-                   "first wildcard by searching the path text, so a quoted name holding "
-                   "`[*]` or `.*` is cut inside its quotes and compile_mapping raises")
 def test_records_quoted_name_holding_a_wildcard() -> None:
     mapped = run({"records": 'a["x.*"][*]'}, {"a": {"x.*": [1, 2]}})
     assert [r.fields for r in mapped.rows] == [{"value": 1}, {"value": 2}]
 
 
-@pytest.mark.xfail(strict=True, reason="compiler bug: for `a.*b[*]` (`*b` is a name) the "
-                   "part before the first wildcard is taken as `a`, so a missing `a.*b` gives "
-                   "no rows instead of the payload dead letter")
 def test_records_name_starting_with_a_star() -> None:
     mapped = run({"records": "a.*b[*]"}, {"a": {}})
     assert [(e.index, e.reason) for e in mapped.errors] == \
         [(0, "records: 'a.*b[*]' not found in the payload (object)")]
 
 
-@pytest.mark.xfail(strict=True, reason="compiler bug: a timestamp field compared with a "
-                   "string that is not RFC 3339 validates, but compile_mapping raises the "
-                   "private streams.compiler._Bad; the kinds do not compare, so it is false")
 @pytest.mark.parametrize(("op", "kept"), [(">", []), ("<=", []), ("==", []), ("!=", [0])])
 def test_timestamp_filter_with_a_non_time_string(op: str, kept: list[int]) -> None:
     spec = {"records": "$", "fields": {"t": {"path": "t", "type": "timestamp"}},
@@ -781,9 +765,6 @@ def test_timestamp_filter_with_a_non_time_string(op: str, kept: list[int]) -> No
     assert [r.index for r in mapped.rows] == kept
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="compiler bug: a time with an "
-                   "offset that is out of range in UTC (year 1 at +01:00, year 9999 at -01:00) "
-                   "raises OverflowError out of the compiled mapping instead of a dead letter")
 @pytest.mark.parametrize(("fmt", "value"), [
     ("rfc3339", "0001-01-01T00:00:00+01:00"),
     ("rfc3339", "9999-12-31T23:59:59-01:00"),
@@ -801,10 +782,6 @@ def test_time_out_of_range_in_utc_is_a_dead_letter(fmt: str, value: str, where: 
         ["time" if where == "time" else "field 't'"]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="compiler bug: the epoch fast path "
-                   "of row times (datetime.fromtimestamp, commit 4274a1b) lets ValueError "
-                   "('year 0 is out of range') out of the mapping for an integer epoch_s / "
-                   "epoch_ms before 0001-01-01 instead of a dead letter")
 @pytest.mark.parametrize(("fmt", "value"), [("epoch_s", -62_135_596_801),
                                             ("epoch_ms", -62_135_596_801_000)])
 def test_epoch_before_year_1_is_a_dead_letter(fmt: str, value: int) -> None:
@@ -820,10 +797,6 @@ def test_epoch_before_year_1_in_a_field_is_a_dead_letter() -> None:
         "field 'v': epoch_s out of range at 'v', got integer -62135596801"
 
 
-@pytest.mark.xfail(strict=True, reason="compiler bug: integer epoch_ms go through a float of "
-                   "seconds (datetime.fromtimestamp(v / 1000), commit 4274a1b), which is not "
-                   "exact to the microsecond from 2**33 s (year 2242) on: "
-                   "250000000000001 ms gives .001007, not .001000")
 @pytest.mark.parametrize("where", ["time", "field"])
 def test_integer_epoch_ms_is_exact(where: str) -> None:
     expected = utc(9892, 3, 8, 12, 26, 40, 1000)
@@ -843,9 +816,6 @@ def test_present_day_epoch_ms_is_exact() -> None:
         [EPOCH_UTC + timedelta(milliseconds=v) for v in values]
 
 
-@pytest.mark.xfail(strict=True, reason="compiler bug: a `{const: null}` part of a concat is "
-                   "joined as the text \"null\"; README: only parts that are neither missing "
-                   "nor null are joined (or the schema should refuse a null const part)")
 def test_concat_skips_a_null_const_part() -> None:
     spec = {"fields": {"v": {"concat": ["a", {"const": None}, "b"], "separator": "-"}}}
     try:
