@@ -9,6 +9,7 @@ stable whatever the filter keeps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import re
@@ -461,10 +462,8 @@ def _predicate(cond: Any, types: dict[str, FieldSpec]) -> Predicate:
     name, value = cond.field, cond.value
     spec = types.get(name)
     if spec is not None and spec.type == "timestamp" and isinstance(value, str):
-        try:
+        with contextlib.suppress(_Bad):  # not a time: it never compares with one
             value = _timestamp("rfc3339")(value)  # compare times as times
-        except _Bad:
-            pass  # not a time: it never compares with one
     if cond.op in ("in", "not_in"):
         options = value if isinstance(value, list) else [value]
         inside = cond.op == "in"
