@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from dashpipe import stack
+from dashpipe import replay_cli, stack
 from dashpipe.errors import DashpipeError
 from dashpipe.settings import Settings, load_settings
 
@@ -225,6 +225,7 @@ def parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="the JSON Schemas of the public records")
     schemas.add_argument("action", choices=["export", "check"])
     _pipelines_parser(sub)
+    replay_cli.add_parser(sub)
     sub.add_parser("demo", help="a sample API, two demo pipelines and every role in this "
                                 "process, showing data moving (Ctrl-C stops)")
     return p
@@ -238,6 +239,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "topics": cmd_topics,
     "schemas": cmd_schemas,
     "pipelines": cmd_pipelines,
+    "replay": replay_cli.cmd_replay,
     "demo": cmd_demo,
 }
 

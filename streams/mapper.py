@@ -53,6 +53,8 @@ class Mapper:
     _compiled: dict[str, _Compiled] = field(default_factory=dict)
     _children: dict[str, list[Pipeline]] | None = None  # parent id -> active derived pipelines
     _skipped: set[str] = field(default_factory=set)  # unknown pipelines already logged
+    feed_children: bool = True  # a replay does not: the children replay on their own
+    pinned: dict[str, _Compiled] = field(default_factory=dict)  # a candidate mapping (replay)
 
     def __post_init__(self) -> None:
         self.rt.registry.on_change(self._changed)
@@ -71,7 +73,16 @@ class Mapper:
             self._children = dict(found)
         return self._children
 
+    def pin(self, p: Pipeline, spec: Any, version: int) -> None:
+        """Map `p` with `spec` as mapping version `version`, whatever the registry says."""
+        self.pinned[p.id] = _Compiled(
+            version, compile_mapping(spec),
+            [("dashpipe-pipeline-id", p.id.encode()), ("dashpipe-team-id", p.team_id.encode())],
+            {"pipeline_id": p.id, "team_id": p.team_id})
+
     def compiled(self, p: Pipeline) -> _Compiled:
+        if p.id in self.pinned:
+            return self.pinned[p.id]
         c = self._compiled.get(p.id)
         if c is None or c.version != p.mapping_version:
             spec = p.mapping()
@@ -110,7 +121,7 @@ class Mapper:
         mapped: Mapped = c.run(payload, received)
         names = self.rt.names
         transformed, parts = names.transformed, self.partitions[names.transformed]
-        children = self.children().get(p.id)
+        children = self.children().get(p.id) if self.feed_children else None
         for row in mapped.rows:
             value = orjson.dumps({
                 **c.prefix, "time": row.time, "key": row.key, "fields": row.fields,
