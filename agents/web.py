@@ -11,6 +11,7 @@ from aiohttp import web
 from agents.dashboard import Dashboard, open_database, page
 from agents.dedup import SeenIds
 from agents.push import Hub
+from agents.replays import Replays
 from agents.webhooks import Receiver
 from dashpipe import api, kafka
 from dashpipe.batcher import BatchSender
@@ -27,7 +28,7 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard) -> web.Applicat
                         SeenIds(ttl=rt.settings.webhook.dedup_seconds))
     app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
     app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body,
-                                         board.routes()))
+                                         board.routes() + Replays(rt).routes()))
     app.router.add_get("/", page)
 
     async def healthz(request: web.Request) -> web.Response:

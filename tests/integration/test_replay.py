@@ -135,3 +135,41 @@ def test_the_cli_prints_a_dry_run_diff(settings: Settings, tmp_path: Any) -> Non
     summary = orjson.loads(done.stdout)
     assert summary["records"] == 3 and summary["diff"]["rows_after"] == 6
     assert "replay cli p" in done.stderr  # the progress line
+
+
+async def test_the_api_previews_and_runs_replays_for_the_owning_team(
+        start_roles: Any, settings: Settings) -> None:
+    import aiohttp
+    from pydantic import SecretStr
+
+    from dashpipe.settings import ApiSettings
+
+    tokens = ApiSettings(api_tokens={SecretStr("tok-a"): "team-a",
+                                     SecretStr("tok-b"): "team-b"})
+    rt = await start_roles("web", "map", api=tokens)
+    await rt.service.create(webhook_pipeline("api", V1), ADMIN)
+    await write_raw(settings, rt.names.raw, "api", payloads(4))
+    await wait_until(lambda: _size(settings, rt.names.transformed, 8), what="8 rows")
+    url = f"{rt.web_url}/api/pipelines/api/replay"
+    a, b = {"Authorization": "Bearer tok-a"}, {"Authorization": "Bearer tok-b"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"from": "0", "dry_run": True, "mapping": V2},
+                             headers=a) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["diff"]["changed_fields"] == {"t": 6}
+        async with http.post(url, json={"from": "0"}, headers=b) as r:
+            assert r.status == 404  # another team's pipeline
+        async with http.post(url, json={"from": "soon"}, headers=a) as r:
+            assert r.status == 400 and "RFC 3339" in (await r.json())["error"]
+        before = await topic_size(settings, rt.names.transformed)
+        async with http.post(url, json={"from": "0", "mapping": V2}, headers=a) as r:
+            assert r.status == 202 and (await r.json())["mapping_version"] == 2
+
+        async def finished() -> Any:
+            async with http.get(url, headers=a) as r:
+                body = await r.json()
+                return r.status == 200 and not body.get("running") and body
+
+        done = await wait_until(finished, what="the replay to finish")
+    assert done["done"] and done["rows"] == 8
+    assert await topic_size(settings, rt.names.transformed) >= before + 8
