@@ -40,12 +40,11 @@ class Replays:
         start, end = str(body["from"]), body.get("to")
         dry_run = bool(body.get("dry_run", False))
         spec = None
-        if body.get("mapping") is not None:
-            if dry_run:
-                try:
-                    spec = Mapping.model_validate(body["mapping"])
-                except ValueError as exc:
-                    return api.error(422, f"mapping: {exc}")
+        if body.get("mapping") is not None and dry_run:
+            try:
+                spec = Mapping.model_validate(body["mapping"])
+            except ValueError as exc:
+                return api.error(422, f"mapping: {exc}")
         if p.id in self.running:
             return api.error(409, f"a replay of {p.id!r} is running")
         if dry_run:
