@@ -113,7 +113,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise DashpipeError(f"unknown role {unknown[0]!r}; roles are: {', '.join(ROLES)}")
-    run(settings, stack.endpoints(settings).bootstrap_servers, roles, loglevel=args.log_level)
+    settings, ends = stack.resolved(settings)  # the local stack's database too
+    run(settings, ends.bootstrap_servers, roles, loglevel=args.log_level)
     return 0
 
 
@@ -180,7 +181,7 @@ async def _pipelines(settings: Settings, args: argparse.Namespace, docs: list[An
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from dashpipe import demo
 
-    ends = stack.endpoints(settings)
+    settings, ends = stack.resolved(settings)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # keep the demo's lines readable
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: every role has stopped cleanly
         asyncio.run(demo.run_demo(settings, ends.bootstrap_servers, ends.kafka_local,
@@ -207,6 +208,110 @@ def _pipelines_parser(sub: Any) -> None:
         actions.add_parser(action, help=what).add_argument("id")
 
 
+@contextlib.contextmanager
+def _answer_only() -> Any:
+    """stdout is the answer; keep stderr quiet (warnings still show)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.redrive import parse_position
+
+    # bad positions fail before Kafka is touched
+    shown = parse_position(args.offset) if args.action == "show" else None
+    only = [parse_position(o) for o in args.offset or []] if args.action == "redrive" else None
+    with _answer_only():
+        return asyncio.run(_dlq(settings, args, shown, only))
+
+
+async def _dlq(settings: Settings, args: argparse.Namespace, shown: tuple[int, int] | None,
+               only: list[tuple[int, int]] | None) -> int:
+    from dashpipe.runtime import open_runtime
+    from streams import redrive
+
+    async with open_runtime(settings, stack.endpoints(settings).bootstrap_servers) as rt:
+        if args.action == "redrive":
+            report = await redrive.redrive(rt, args.pipeline, args.stage, only)
+            print("\n".join(report.lines()))
+            return 1 if report.still_failing else 0
+        ledger = await redrive.ledger_of(rt, args.pipeline)
+        if shown is not None:
+            print(orjson.dumps(ledger.detail(shown), option=orjson.OPT_INDENT_2).decode())
+            return 0
+        entries = ledger.unresolved(args.stage)
+        if args.json:
+            print(orjson.dumps({"pipeline_id": args.pipeline,
+                                "dead_letters": [e.summary() for e in entries]},
+                               option=orjson.OPT_INDENT_2).decode())
+        elif entries:
+            print(redrive.table(entries))
+        else:
+            print(f"no unresolved dead letters of pipeline {args.pipeline}")
+    return 0
+
+
+def cmd_offsets(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe import offsets
+
+    bootstrap = stack.endpoints(settings).bootstrap_servers
+    if args.action == "show":
+        with _answer_only():
+            state, rows = asyncio.run(offsets.show(settings, bootstrap, args.role))
+        if args.json:
+            print(orjson.dumps({"group": state.group, "state": state.state,
+                                "members": state.members,
+                                "partitions": [r.as_dict() for r in rows]},
+                               option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(offsets.show_table(state, rows))
+        return 0
+    target = offsets.parse_target(args.to)
+    with _answer_only():
+        moved = asyncio.run(offsets.reset(settings, bootstrap, args.role, target))
+    print("\n".join(offsets.reset_lines(offsets.group_of(settings, args.role), target, moved)))
+    return 0
+
+
+def _dlq_parser(sub: Any) -> None:
+    p = sub.add_parser("dlq", help="a pipeline's dead letters: list, show, redrive")
+    actions = p.add_subparsers(dest="action", required=True)
+    stages = ["map", "persist", "deliver"]
+    listing = actions.add_parser("list", help="the unresolved dead letters")
+    show = actions.add_parser("show", help="one dead letter in full (resolved or not)")
+    redrive = actions.add_parser("redrive", help="apply the pipeline as it is now to its "
+                                                 "unresolved dead letters; resolve them")
+    for action in (listing, show, redrive):
+        action.add_argument("--pipeline", required=True, metavar="ID")
+    listing.add_argument("--stage", choices=stages)
+    listing.add_argument("--json", action="store_true")
+    show.add_argument("--offset", required=True, metavar="P:O",
+                      help="partition:offset in the dead-letter topic (as `list` shows)")
+    redrive.add_argument("--stage", choices=stages)
+    redrive.add_argument("--offset", action="append", metavar="P:O",
+                         help="only this dead letter (repeatable)")
+
+
+def _offsets_parser(sub: Any) -> None:
+    p = sub.add_parser("offsets", help="committed offsets and lag of a role's consumer group; "
+                                       "reset them while the role is stopped")
+    actions = p.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="per partition: committed offset, end, lag")
+    reset = actions.add_parser("reset", help="move the committed offsets (the group must have "
+                                             "no member)")
+    for action in (show, reset):
+        action.add_argument("--role", required=True, choices=["map", "persist", "deliver"])
+    show.add_argument("--json", action="store_true")
+    reset.add_argument("--to", required=True, metavar="TIME|earliest|latest",
+                       help="earliest, latest, or an RFC 3339 time (the first record at or "
+                            "after it)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dashpipe", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -226,6 +331,8 @@ def parser() -> argparse.ArgumentParser:
     schemas.add_argument("action", choices=["export", "check"])
     _pipelines_parser(sub)
     replay_cli.add_parser(sub)
+    _dlq_parser(sub)
+    _offsets_parser(sub)
     sub.add_parser("demo", help="a sample API, two demo pipelines and every role in this "
                                 "process, showing data moving (Ctrl-C stops)")
     return p
@@ -240,6 +347,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "schemas": cmd_schemas,
     "pipelines": cmd_pipelines,
     "replay": replay_cli.cmd_replay,
+    "dlq": cmd_dlq,
+    "offsets": cmd_offsets,
     "demo": cmd_demo,
 }
 

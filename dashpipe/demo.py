@@ -202,7 +202,7 @@ def banner(rt: Runtime, info: DemoInfo, token: str | None, watch: str) -> str:
         "dashpipe demo is running (Ctrl-C stops)",
         f"  sample API   {info.api_url}  (new quakes every few seconds; ?since=<epoch ms>)",
         f"  pipelines    team {TEAM}: {applied}",
-        f"  web          {web}",
+        f"  web          {web}  (the live page: open it, sign in with the admin token)",
         f"  admin token  {token_line}",
         "",
         "List the pipelines through the API (or: dashpipe pipelines list):",

@@ -23,6 +23,8 @@ HELP = {
                                           "read"),
     "dashpipe_dead_letters_total": ("counter", "Records in the dead-letter topic, by pipeline "
                                     "and stage (counted from the topic)"),
+    "dashpipe_dead_letters_resolved_total": ("counter", "Dead letters resolved by a redrive, by "
+                                             "pipeline and stage (counted from the topic)"),
 }
 
 

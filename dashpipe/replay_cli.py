@@ -51,7 +51,8 @@ async def _replay(settings: Settings, args: argparse.Namespace, candidate: Any) 
         end = "\n" if status.done else "\r"
         print(status.line(), end=end, file=sys.stderr, flush=True)
 
-    async with open_runtime(settings, stack.endpoints(settings).bootstrap_servers) as rt:
+    settings, ends = stack.resolved(settings)
+    async with open_runtime(settings, ends.bootstrap_servers) as rt:
         p = rt.service.get(args.pipeline, ADMIN)
         spec = None
         if candidate is not None:

@@ -10,7 +10,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -48,6 +48,17 @@ def endpoints(settings: Settings) -> Endpoints:
         db = SecretStr(postgres.url(state))
     return Endpoints(bootstrap, db, not settings.kafka.bootstrap_servers,
                      settings.database.url is None)
+
+
+def resolved(settings: Settings) -> tuple[Settings, Endpoints]:
+    """The settings with the local stack's Kafka and PostgreSQL filled in where the
+    environment names none, and the endpoints."""
+    ends = endpoints(settings)
+    kafka = settings.kafka if settings.kafka.bootstrap_servers else \
+        settings.kafka.model_copy(update={"bootstrap_servers": ends.bootstrap_servers})
+    database = settings.database if settings.database.url is not None else \
+        settings.database.model_copy(update={"url": ends.database_url})
+    return replace(settings, kafka=kafka, database=database), ends
 
 
 async def wait_for_kafka(bootstrap: str, timeout: float = 90.0,
