@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from schemas.mapping import Mapping
 from schemas.pipeline import Pipeline, PipelineStatus
-from schemas.records import DeadLetter, RawMetadata, TransformedRecord
+from schemas.records import DeadLetter, DeadLetterResolution, RawMetadata, TransformedRecord
 
 FOLDER = Path(__file__).parent
 
@@ -21,6 +21,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "raw-metadata": RawMetadata,
     "transformed-record": TransformedRecord,
     "dead-letter": DeadLetter,
+    "dead-letter-resolution": DeadLetterResolution,
     "pipeline": Pipeline,
     "pipeline-status": PipelineStatus,
     "mapping": Mapping,

@@ -2,7 +2,8 @@
 
 Bronze (`<prefix>.raw`): the value is the payload exactly as received; `RawMetadata` travels
 in Kafka headers (see `RawMetadata.to_headers`). Silver (`<prefix>.transformed`): the value is a
-`TransformedRecord` as JSON. Dead letters (`<prefix>.dlq`): the value is a `DeadLetter` as JSON.
+`TransformedRecord` as JSON. Dead letters (`<prefix>.dlq`): the value is a `DeadLetter` as JSON,
+or a `DeadLetterResolution` (header `dashpipe-stage: redriven`) marking dead letters resolved.
 """
 
 from __future__ import annotations
@@ -105,6 +106,25 @@ class DeadLetter(_Record):
     attempts: list[dict[str, Any]] = Field(default_factory=list)
     failed_at: datetime
     record: Any = Field(default=None, description="the failing row or payload, as JSON")
+    schema_version: int = SCHEMA_VERSION
+
+
+class ResolvedLetter(_Record):
+    """One dead letter a redrive resolved: its position in the dead-letter topic."""
+
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    stage: Literal["ingest", "map", "persist", "deliver"]
+    outcome: str | None = Field(default=None, description="what the redrive did with it")
+
+
+class DeadLetterResolution(_Record):
+    """A marker in the dead-letter topic (key = pipeline id, header `dashpipe-stage: redriven`):
+    the dead letters it lists were redriven and no longer count. The topic stays append-only."""
+
+    pipeline_id: str
+    resolved: list[ResolvedLetter]
+    redriven_at: datetime
     schema_version: int = SCHEMA_VERSION
 
 
