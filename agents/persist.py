@@ -83,6 +83,7 @@ class Writer:
     acquire_timeout: float
     hypertable: bool
     partitions: db.Partitions = field(default_factory=db.Partitions)
+    unavailable: bool = False  # the last attempt found the database away
 
     async def write(self, rows: list[Row]) -> list[tuple[Row, str, str]]:
         if not rows:
@@ -211,49 +212,95 @@ async def run_persist(rt: Runtime) -> None:
         persister = Persister(rt, Writer(pool, ds.acquire_timeout_seconds, hyper), dlq_parts)
         rt.roles["persist"] = persister
         async with kafka.started(consumer):
-            while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=ds.persist_batch_rows)
-                if not batch:
-                    continue
-                rows, source = persister.rows(batch)
-                refused = await _write_until_stored(consumer, persister.writer, rows, rt)
-                if refused:
-                    await persister.dead_letters(refused, source)
-                try:
-                    await consumer.commit({tp: recs[-1].offset + 1
-                                           for tp, recs in batch.items()})
-                except CommitFailedError as exc:  # rebalanced: the new owner repeats it
-                    log.warning("persist: offsets not committed (%s); rows repeat as updates",
-                                exc)
-                if rows:
-                    rt.metrics.inc("dashpipe_persisted_total", len(rows) - len(refused))
+            await _consume(rt, consumer, persister, ds.persist_batch_rows)
     finally:
         await asyncio.wait_for(pool.close(), 10)
 
 
-async def _write_until_stored(consumer: Any, writer: Writer, rows: list[Row],
-                              rt: Runtime) -> list[tuple[Row, str, str]]:
-    """Write the rows, however long the database needs; meanwhile the partitions are paused and
-    the consumer keeps polling, so it stays in its group."""
-    delay = 0.5
-    paused = False
+Batch = dict[Any, list[Any]]
+
+
+async def _consume(rt: Runtime, consumer: Any, persister: Persister, max_rows: int) -> None:
+    """Fetch and convert the next batch while the previous one is being stored: one batch in
+    flight, offsets committed in order once each is stored."""
+    pending: asyncio.Task[None] | None = None
+    carry: Batch = {}  # fetched while waiting for a write (after the partitions resumed)
     try:
         while True:
-            try:
-                return await writer.write(rows)
-            except Unavailable as exc:
-                if not paused:
-                    log.warning("persist: database unavailable (%s); pausing %d partitions "
-                                "and retrying", exc, len(consumer.assignment()))
-                    consumer.pause(*consumer.assignment())
-                    paused = True
-                rt.metrics.inc("dashpipe_persist_retries_total")
-                wait = delay * (0.5 + random.random())
-                deadline = asyncio.get_running_loop().time() + wait
-                while asyncio.get_running_loop().time() < deadline:
-                    await consumer.getmany(timeout_ms=int(min(wait, 1.0) * 1000))  # paused
-                delay = min(delay * 2, 15.0)
+            batch = _merge(carry, await consumer.getmany(timeout_ms=500, max_records=max_rows))
+            carry = {}
+            if not batch:
+                if pending is not None and pending.done():
+                    pending.result()  # surface a failure
+                continue
+            rows, source = persister.rows(batch)
+            if pending is not None:
+                carry = await _wait_polling(consumer, pending, persister.writer)
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+            pending = asyncio.create_task(_store(rt, consumer, persister, rows, source,
+                                                 offsets))
     finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+def _merge(first: Batch, then: Batch) -> Batch:
+    if not first:
+        return then
+    out = {tp: list(recs) for tp, recs in first.items()}
+    for tp, recs in then.items():
+        out.setdefault(tp, []).extend(recs)
+    return out
+
+
+async def _store(rt: Runtime, consumer: Any, persister: Persister, rows: list[Row],
+                 source: dict[tuple[str, str, datetime], Any], offsets: dict[Any, int]) -> None:
+    refused = await _write_until_stored(persister.writer, rows, rt)
+    if refused:
+        await persister.dead_letters(refused, source)
+    try:
+        await consumer.commit(offsets)
+    except CommitFailedError as exc:  # rebalanced: the new owner repeats it
+        log.warning("persist: offsets not committed (%s); rows repeat as updates", exc)
+    if rows:
+        rt.metrics.inc("dashpipe_persisted_total", len(rows) - len(refused))
+
+
+async def _wait_polling(consumer: Any, pending: asyncio.Task[None], writer: Writer) -> Batch:
+    """Wait for the write in flight. While the database is away the partitions are paused and
+    the consumer keeps polling (it stays in its group); what a poll returns after they resume
+    is handed back, never dropped."""
+    paused = False
+    carry: Batch = {}
+    while not pending.done():
+        if writer.unavailable and not paused:
+            log.warning("persist: database unavailable; pausing %d partitions while the write "
+                        "retries", len(consumer.assignment()))
+            consumer.pause(*consumer.assignment())
+            paused = True
         if paused:
-            consumer.resume(*consumer.assignment())
-            log.info("persist: database back; partitions resumed")
+            carry = _merge(carry, await consumer.getmany(timeout_ms=500))
+        else:
+            await asyncio.wait({pending}, timeout=1.0)
+    if paused:
+        consumer.resume(*consumer.assignment())
+        log.info("persist: database back; partitions resumed")
+    pending.result()
+    return carry
+
+
+async def _write_until_stored(writer: Writer, rows: list[Row],
+                              rt: Runtime) -> list[tuple[Row, str, str]]:
+    """Write the rows, however long the database needs (backoff 0.5 s doubling to 15 s)."""
+    delay = 0.5
+    while True:
+        try:
+            refused = await writer.write(rows)
+            writer.unavailable = False
+            return refused
+        except Unavailable:
+            writer.unavailable = True
+            rt.metrics.inc("dashpipe_persist_retries_total")
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 15.0)

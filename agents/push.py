@@ -35,6 +35,8 @@ Event = tuple[int, int, Position, bytes]
 RECENT_ROWS = 500  # per pipeline
 WARM_ROWS = 2000  # per partition, read at start to fill the cache
 QUEUE_ROWS = 1000
+HUB_CHUNK = 250  # rows the hub hands out before letting the clients run
+KEEP_ALIVE_SECONDS = 15
 CATCH_UP_LIMIT = 100_000  # rows read from Kafka for one resume, at most
 
 
@@ -134,10 +136,14 @@ class Hub:
                         self.ready.set()
                 batch = await consumer.getmany(timeout_ms=200 if not self.ready.is_set()
                                                else 1000, max_records=2000)
+                handed = 0
                 for _, records in sorted(batch.items(), key=lambda item: item[0].partition):
                     for record in records:
                         self._apply(record.partition, record.offset, record.headers,
                                     record.value)
+                        handed += 1
+                        if handed % HUB_CHUNK == 0:
+                            await asyncio.sleep(0)  # clients drain before the next chunk
 
     def _apply(self, partition: int, offset: int, headers: list[tuple[str, bytes]],
                value: bytes | None) -> None:
@@ -230,16 +236,30 @@ async def events(request: web.Request, hub: Hub, pid: str) -> web.StreamResponse
         async for event in _backlog(hub, pid, since, missed, now):
             await _send_sse(response, cursor, event)
         while True:
-            try:
-                item = await asyncio.wait_for(sub.queue.get(), 15)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
+            if sub.queue.empty():
+                try:
+                    async with asyncio.timeout(KEEP_ALIVE_SECONDS):
+                        item = await sub.queue.get()
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+            else:
+                item = sub.queue.get_nowait()
+            chunks = []  # everything queued goes out in one write
+            while item is not None:
+                event_id = cursor.advance(item)
+                if event_id is not None:
+                    chunks.append(b"event: row\nid: %s\ndata: %s\n\n"
+                                  % (event_id.encode(), item[3]))
+                if sub.queue.empty():
+                    break
+                item = sub.queue.get_nowait()
+            if chunks:
+                await response.write(b"".join(chunks))
             if item is None:
                 await response.write(b"event: overflow\ndata: {\"error\": \"too slow: "
                                      b"reconnect with your last event id\"}\n\n")
                 break
-            await _send_sse(response, cursor, item)
     return response
 
 

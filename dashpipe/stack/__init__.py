@@ -68,8 +68,10 @@ async def wait_for_kafka(bootstrap: str, timeout: float = 90.0,
 
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    gone = 0  # consecutive checks that found no broker process (its exec can blink once)
     while time.monotonic() < deadline:
-        if alive is not None and not alive():
+        gone = gone + 1 if alive is not None and not alive() else 0
+        if gone >= 3:
             raise StackError("the Kafka broker exited while starting")
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
         try:
