@@ -12,6 +12,7 @@ rows added, removed and changed, per field, with samples. A written replay keeps
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import Counter, defaultdict
@@ -134,36 +135,43 @@ async def replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
     new_rows: dict[Lineage, dict[str, Any]] = {}
     new_dead: set[Lineage] = set()
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)
-    async with kafka.started(consumer):
-        consumer.assign([tp])
-        consumer.seek(tp, status.position)
-        last_report = 0.0
-        while status.position < hi:
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=2000)
-            out: Out = defaultdict(list)
-            for record in batch.get(tp, []):
-                if record.offset >= hi:
-                    break
-                status.position = record.offset + 1
-                if record.key != p.id.encode():
-                    continue
-                status.records += 1
-                mapper.map_record(tp.partition, record, out)
-            rows, dead = _split(rt, out)
-            status.rows += len(rows)
-            status.dead += len(dead)
-            if dry_run:
-                for row in rows:
-                    new_rows[_lineage(row)] = row
-                new_dead.update(_lineage(d) for d in dead)
-            elif out:
-                await send_records(rt.writer.producer, out)
-            if not dry_run:
-                point.parent.mkdir(parents=True, exist_ok=True)
-                point.write_bytes(orjson.dumps({"next": status.position}))
-            if progress is not None and time.monotonic() - last_report > 0.5:
-                last_report = time.monotonic()
-                progress(status)
+    pending: asyncio.Task[None] | None = None  # the previous batch's write and checkpoint
+    try:
+        async with kafka.started(consumer):
+            consumer.assign([tp])
+            consumer.seek(tp, status.position)
+            last_report = 0.0
+            while status.position < hi:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=2000)
+                out: Out = defaultdict(list)
+                for record in batch.get(tp, []):
+                    if record.offset >= hi:
+                        break
+                    status.position = record.offset + 1
+                    if record.key != p.id.encode():
+                        continue
+                    status.records += 1
+                    mapper.map_record(tp.partition, record, out)
+                rows, dead = _count(rt, out)
+                status.rows += rows
+                status.dead += dead
+                if dry_run:
+                    parsed_rows, parsed_dead = _split(rt, out)
+                    for row in parsed_rows:
+                        new_rows[_lineage(row)] = row
+                    new_dead.update(_lineage(d) for d in parsed_dead)
+                else:  # written while the next batch is mapped; checkpoints stay in order
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.create_task(_write(rt, out, point, status.position))
+                if progress is not None and time.monotonic() - last_report > 0.5:
+                    last_report = time.monotonic()
+                    progress(status)
+            if pending is not None:
+                await pending
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
     status.done = True
     if progress is not None:
         progress(status)
@@ -173,6 +181,27 @@ async def replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
         current = await current_rows(rt, p, tp.partition, lo, hi)
         summary["diff"] = diff(current, new_rows, new_dead)
     return summary
+
+
+async def _write(rt: Runtime, out: Out, point: Path, position: int) -> None:
+    if out:
+        await send_records(rt.writer.producer, out)
+    _save(point, position)  # a few bytes, after Kafka acknowledged the batch
+
+
+def _save(point: Path, position: int) -> None:
+    point.parent.mkdir(parents=True, exist_ok=True)
+    point.write_bytes(orjson.dumps({"next": position}))
+
+
+def _count(rt: Runtime, out: Out) -> tuple[int, int]:
+    rows = dead = 0
+    for (topic, _), records in out.items():
+        if topic == rt.names.transformed:
+            rows += len(records)
+        elif topic == rt.names.dlq:
+            dead += len(records)
+    return rows, dead
 
 
 def _split(rt: Runtime, out: Out) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
