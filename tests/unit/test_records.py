@@ -60,3 +60,18 @@ def test_stale_detects_a_changed_file(tmp_path) -> None:  # type: ignore[no-unty
     path = tmp_path / "dead-letter.schema.json"
     path.write_text(path.read_text().replace("reason", "cause"))
     assert export.stale(tmp_path) == ["dead-letter.schema.json"]
+
+
+def test_our_murmur2_is_kafkas() -> None:
+    import random
+
+    from aiokafka.partitioner import murmur2 as reference
+
+    from dashpipe.batcher import murmur2, partition_for
+
+    rng = random.Random(7)
+    for _ in range(20_000):
+        key = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        assert murmur2(key) == reference(key), key
+    # the partitions Kafka's Java client gives these keys with 6 partitions
+    assert partition_for(b"quakes", 6) == (reference(b"quakes") & 0x7FFFFFFF) % 6
