@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -32,7 +32,6 @@ from streams.compiler import Compiled, Mapped, RowError, compile_mapping
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 JSON_OPTIONS = orjson.OPT_UTC_Z
 MAX_DEAD_RECORD_BYTES = 64 * 1024  # a dead letter keeps at most this much of a bad payload
 Out = dict[tuple[str, int], list[Record]]
@@ -55,6 +54,8 @@ class Mapper:
     _skipped: set[str] = field(default_factory=set)  # unknown pipelines already logged
     feed_children: bool = True  # a replay does not: the children replay on their own
     pinned: dict[str, _Compiled] = field(default_factory=dict)  # a candidate mapping (replay)
+    _mapped: dict[str, int] = field(default_factory=dict)  # rows per pipeline, this batch
+    _filtered: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rt.registry.on_change(self._changed)
@@ -100,6 +101,7 @@ class Mapper:
         for tp, records in batch.items():
             for record in records:
                 self.map_record(tp.partition, record, out)
+        self.flush_counts()
         return out
 
     def map_record(self, partition: int, record: Any, out: Out) -> None:
@@ -111,7 +113,7 @@ class Mapper:
             return
         c = self.compiled(p)
         ingest_id = headers.get("dashpipe-ingest-id", b"").decode()
-        received = EPOCH + timedelta(milliseconds=record.timestamp)
+        received = datetime.fromtimestamp(record.timestamp / 1000, UTC)  # exact for ms
         try:
             payload = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError as exc:
@@ -136,11 +138,17 @@ class Mapper:
                 self._feed(children, p.id, partition, record, row.index, value, out)
         for error in mapped.errors:
             self._dead(p, c, partition, record.offset, error, out)
-        metrics = self.rt.metrics
-        if mapped.rows:
-            metrics.inc("dashpipe_mapped_total", len(mapped.rows), pipeline_id=p.id)
+        if mapped.rows:  # counted per batch: see flush_counts
+            self._mapped[p.id] = self._mapped.get(p.id, 0) + len(mapped.rows)
         if mapped.filtered:
-            metrics.inc("dashpipe_filtered_total", mapped.filtered, pipeline_id=p.id)
+            self._filtered[p.id] = self._filtered.get(p.id, 0) + mapped.filtered
+
+    def flush_counts(self) -> None:
+        for name, counts in (("dashpipe_mapped_total", self._mapped),
+                             ("dashpipe_filtered_total", self._filtered)):
+            for pid, n in counts.items():
+                self.rt.metrics.inc(name, n, pipeline_id=pid)
+            counts.clear()
 
     def _feed(self, children: list[Pipeline], parent: str, partition: int, record: Any,
               row_index: int, value: bytes, out: Out) -> None:

@@ -492,6 +492,7 @@ async def _map_writes(rt: Runtime, p: Pipeline, entries: list[Entry],
             continue
         out: Out = defaultdict(list)
         mapper.map_record(raw[0], record, out)
+        mapper.flush_counts()
         kept = keep_rows(out, names, rows[raw])
         version = mapper.compiled(p).version
         mine = [Outcome(e, True, "") for e in group]

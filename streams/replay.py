@@ -152,6 +152,7 @@ async def replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
                         continue
                     status.records += 1
                     mapper.map_record(tp.partition, record, out)
+                mapper.flush_counts()
                 rows, dead = _count(rt, out)
                 status.rows += rows
                 status.dead += dead
