@@ -41,6 +41,7 @@ from schemas.records import SCHEMA_VERSION
 log = logging.getLogger(__name__)
 
 Origin = tuple[TopicPartition, int]
+PARK_SECONDS = 5.0  # a delivery parked because its failing sink is behind comes back then
 
 
 def message_id(pipeline_id: str, lineage: dict[str, Any], sink_index: int) -> str:
@@ -120,6 +121,7 @@ class SinkCounts:
     last_error: str | None = None
     last_error_at: datetime | None = None
     changed: bool = True
+    healthy: bool = True  # the last attempt succeeded
 
 
 class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -139,7 +141,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
     # --- rebalance ----------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         gone = set(revoked)
-        self.flush_batches(everything=True)  # their rows go out; revoked origins are forgotten
+        await self.flush_batches(everything=True)  # rows go out; revoked origins forgotten
         self.held = [h for h in self.held if not set(h[2].origins) & gone]
         heapq.heapify(self.held)
         self.offsets.forget(list(revoked))
@@ -148,7 +150,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.rt.metrics.inc("dashpipe_deliver_assignments_total")
 
     # --- intake -------------------------------------------------------------------------
-    def take(self, tp: TopicPartition, record: Any) -> None:
+    async def take(self, tp: TopicPartition, record: Any) -> None:
         """Plan the deliveries of one consumed record (transformed row or retry)."""
         names = self.rt.names
         if tp.topic == names.retry:
@@ -161,9 +163,9 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.offsets.add(tp, record.offset, len(planned) + batched)
         for delivery in planned:
             delivery.origins.append((tp, record.offset))
-            self.submit(delivery)
+            await self.submit(delivery)
         if batched:
-            self.flush_batches()
+            await self.flush_batches()
 
     def plan(self, record: Any, origin: Origin) -> tuple[list[Delivery], int]:
         """The deliveries of one row, and how many batches it joined instead."""
@@ -190,7 +192,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             out.append(Delivery(p.id, i, [row], message_id(p.id, row["lineage"], i)))
         return out, batched
 
-    def flush_batches(self, everything: bool = False) -> None:
+    async def flush_batches(self, everything: bool = False) -> None:
         """Send the batches that are full (rows or bytes) or old enough."""
         now = time.monotonic()
         for (pid, index), batch in list(self.batches.items()):
@@ -204,22 +206,26 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             del self.batches[(pid, index)]
             first = batch.rows[0]
             msg_id = message_id(pid, first["lineage"], index) + f"-{len(batch.rows)}"
-            self.submit(Delivery(pid, index, batch.rows, msg_id, origins=batch.origins))
+            await self.submit(Delivery(pid, index, batch.rows, msg_id, origins=batch.origins))
 
     def _hold(self, delivery: Delivery) -> None:
         self._seq += 1
         heapq.heappush(self.held, (delivery.due, self._seq, delivery))
         self.counts[(delivery.pipeline_id, delivery.sink_index)].retrying += 1
 
-    def release_due(self) -> None:
+    async def release_due(self) -> None:
         now = time.time()
         while self.held and self.held[0][0] <= now:
             _, _, delivery = heapq.heappop(self.held)
             counts = self.counts[(delivery.pipeline_id, delivery.sink_index)]
             counts.retrying = max(0, counts.retrying - 1)
-            self.submit(delivery)
+            await self.submit(delivery)
 
-    def submit(self, delivery: Delivery) -> None:
+    async def submit(self, delivery: Delivery) -> None:
+        """Queue a delivery for its sink's workers. A full queue of a healthy sink makes the
+        consumer wait (backpressure: it keeps up as fast as the sink answers); a full queue of
+        a failing sink parks the delivery in the retry topic instead, so that sink never holds
+        up the others."""
         key = (delivery.pipeline_id, delivery.sink_index)
         queue = self.queues.get(key)
         if queue is None:
@@ -229,10 +235,14 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             queue = self.queues[key] = asyncio.Queue(self.settings.queue_rows)
             self.workers += [asyncio.create_task(self._work(queue), name=f"sink {key}")
                              for _ in range(concurrency)]
-        try:
+        if not queue.full():
             queue.put_nowait(delivery)
-        except asyncio.QueueFull:  # this sink is behind: park the delivery, keep flowing
-            delivery.due = time.time() + 1.0
+        elif self.counts[key].healthy:
+            await queue.put(delivery)
+        else:
+            delivery.due = time.time() + PARK_SECONDS
+            self.rt.metrics.inc("dashpipe_delivery_parked_total",
+                                pipeline_id=delivery.pipeline_id, sink=str(delivery.sink_index))
             self.workers.append(asyncio.create_task(self._park(delivery)))
 
     # --- delivery -----------------------------------------------------------------------
@@ -259,6 +269,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         delivery.attempts.append(result.record())
         counts = self.counts[(p.id, delivery.sink_index)]
         labels = {"pipeline_id": p.id, "sink": str(delivery.sink_index)}
+        counts.healthy = result.outcome == "delivered"
         if result.outcome == "delivered":
             counts.delivered += len(delivery.rows)
             counts.changed = True
@@ -380,9 +391,9 @@ async def run_deliverer(rt: Runtime) -> None:
                 batch = await consumer.getmany(timeout_ms=200, max_records=1000)
                 for tp, records in batch.items():
                     for record in records:
-                        deliverer.take(tp, record)
-                deliverer.release_due()
-                deliverer.flush_batches()
+                        await deliverer.take(tp, record)
+                await deliverer.release_due()
+                await deliverer.flush_batches()
                 now = time.monotonic()
                 if now - last_commit >= 1.0:
                     last_commit = now

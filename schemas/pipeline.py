@@ -191,8 +191,15 @@ class SinkSpec(_Config):
                           "re-enables it")
     disabled_reason: str | None = None
 
+    _config: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
+
     def config(self) -> Any:
-        return SINK_MODELS[self.sink_type].model_validate(self.sink_config)
+        """The typed sink config, parsed once."""
+        cached = self._config
+        if cached is None or cached[0] is not self.sink_config:
+            typed = SINK_MODELS[self.sink_type].model_validate(self.sink_config)
+            cached = self._config = (self.sink_config, typed)
+        return cached[1]
 
 
 class Pipeline(BaseModel):
