@@ -173,7 +173,7 @@ def profiler(pid: int, out: Path | None, seconds: float) -> Iterator[None]:
     if spy is None:
         raise RuntimeError("--profile needs py-spy (pip install py-spy)")
     cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-d",
-           str(max(1, round(seconds))), "-r", "200", "--nonblocking"]
+           str(max(1, round(seconds))), "-r", "200", "--nonblocking", "--idle"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     log.info("py-spy (pid %d) profiling the persist process for %.0fs into %s", proc.pid,
