@@ -33,9 +33,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from agents.sinks import SINKS, Attempt, send
 from dashpipe import kafka
-from dashpipe.batcher import partition_for, send_records
+from dashpipe.batcher import BatchSender
 from dashpipe.runtime import Runtime
-from schemas.pipeline import Pipeline, SinkStatus
+from schemas.pipeline import HttpApiSink, Pipeline, SinkStatus
 from schemas.records import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,9 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.batches: dict[tuple[str, int], _Batch] = {}  # rows gathering for batched sinks
         self.counts: dict[tuple[str, int], SinkCounts] = defaultdict(SinkCounts)
         self.process = uuid.uuid4().hex[:12]
+        producer = rt.writer.producer
+        self.retries = BatchSender(producer, rt.names.retry, partitions[rt.names.retry])
+        self.dead_letters = BatchSender(producer, rt.names.dlq, partitions[rt.names.dlq])
         self._seq = 0
 
     # --- rebalance ----------------------------------------------------------------------
@@ -181,7 +184,8 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.rt.metrics.inc("dashpipe_deliver_skipped_total", pipeline_id=p.id,
                                     sink=str(i), reason="disabled")
                 continue
-            limits = getattr(sink.config(), "batching", None)
+            config = sink.config()
+            limits = config.batching if isinstance(config, HttpApiSink) else None
             if limits is not None and limits.max_rows > 1:
                 batch = self.batches.setdefault((p.id, i), _Batch(time.monotonic()))
                 batch.rows.append(row)
@@ -197,8 +201,8 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         now = time.monotonic()
         for (pid, index), batch in list(self.batches.items()):
             p = self.rt.registry.pipelines.get(pid)
-            limits = getattr(p.sinks[index].config(), "batching", None) \
-                if p is not None and index < len(p.sinks) else None
+            config = p.sinks[index].config() if p is not None and index < len(p.sinks) else None
+            limits = config.batching if isinstance(config, HttpApiSink) else None
             if limits is not None and not everything and \
                     len(batch.rows) < limits.max_rows and batch.size < limits.max_bytes and \
                     now - batch.started < limits.max_wait_seconds:
@@ -293,23 +297,20 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         delay *= 1 + random.uniform(-self.settings.jitter, self.settings.jitter)
         delivery.due = time.time() + max(delay, result.retry_after or 0.0)
         key = f"{delivery.pipeline_id}:{delivery.sink_index}".encode()
-        topic = self.rt.names.retry
-        await _write(self.rt, {(topic, partition_for(key, self.partitions[topic])): [
-            (key, delivery.retry_record(), [("dashpipe-pipeline-id",
-                                             delivery.pipeline_id.encode())], None)]})
+        await _write(self.retries, key, delivery.retry_record(),
+                     [("dashpipe-pipeline-id", delivery.pipeline_id.encode())])
         self.rt.metrics.inc("dashpipe_delivery_retries_total", pipeline_id=delivery.pipeline_id,
                             sink=str(delivery.sink_index))
         self._settle(delivery)
 
     async def _park(self, delivery: Delivery) -> None:
         key = f"{delivery.pipeline_id}:{delivery.sink_index}".encode()
-        topic = self.rt.names.retry
-        await _write(self.rt, {(topic, partition_for(key, self.partitions[topic])): [
-            (key, delivery.retry_record(), [], None)]})
+        await _write(self.retries, key, delivery.retry_record(),
+                     [("dashpipe-pipeline-id", delivery.pipeline_id.encode())])
         self._settle(delivery)
 
     async def _dead(self, delivery: Delivery, p: Pipeline, reason: str) -> None:
-        dlq, key = self.rt.names.dlq, p.id.encode()
+        key = p.id.encode()
         first = delivery.rows[0] if delivery.rows else {}
         value = orjson.dumps({
             "stage": "deliver", "reason": reason, "pipeline_id": p.id, "team_id": p.team_id,
@@ -317,10 +318,9 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             "sink_index": delivery.sink_index, "attempts": delivery.attempts,
             "failed_at": datetime.now(UTC), "record": first if len(delivery.rows) == 1
             else delivery.rows, "schema_version": SCHEMA_VERSION}, option=orjson.OPT_UTC_Z)
-        await _write(self.rt, {(dlq, partition_for(key, self.partitions[dlq])): [
-            (key, value, [("dashpipe-pipeline-id", key), ("dashpipe-team-id",
-                                                         p.team_id.encode()),
-                          ("dashpipe-stage", b"deliver")], None)]})
+        await _write(self.dead_letters, key, value,
+                     [("dashpipe-pipeline-id", key), ("dashpipe-team-id", p.team_id.encode()),
+                      ("dashpipe-stage", b"deliver")])
         counts = self.counts[(p.id, delivery.sink_index)]
         counts.dead += len(delivery.rows)
         counts.changed = True
@@ -362,13 +362,16 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                 updated_at=datetime.now(UTC)))
 
 
-async def _write(rt: Runtime, records: dict[tuple[str, int], list[Any]]) -> None:
-    """Write until Kafka acknowledged it: a retry or dead letter is never dropped."""
+async def _write(sender: BatchSender, key: bytes, value: bytes,
+                 headers: list[tuple[str, bytes]]) -> None:
+    """Write until Kafka acknowledged it: a retry or dead letter is never dropped. Concurrent
+    writes to one partition go out together (one batch in flight per partition)."""
     delay = 0.5
     while True:
         try:
-            return await send_records(rt.writer.producer, records)
-        except KafkaError as exc:
+            await sender.send(key, value, headers)
+            return
+        except (KafkaError, TimeoutError) as exc:
             log.warning("deliver: write failed (%s); retrying in %.1fs", type(exc).__name__,
                         delay)
             await asyncio.sleep(delay)

@@ -22,6 +22,7 @@ import hmac
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from secrets import token_bytes
 from typing import Literal
 
@@ -145,6 +146,7 @@ def _presented_v1(header: str) -> list[bytes]:
     return found
 
 
+@lru_cache(maxsize=256)
 def _standard_key(secret: str) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         return secret.encode()

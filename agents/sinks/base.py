@@ -8,11 +8,11 @@ status, or a destination the egress policy refuses -> dead at once.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import aiohttp
@@ -60,20 +60,27 @@ def classify(status: int) -> Outcome:
     return "dead"
 
 
+@lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
+
+
 async def send(http: aiohttp.ClientSession, request: Request, timeout: float) -> Attempt:
     at = datetime.now(UTC)
     clock = time.perf_counter()
     try:
-        async with asyncio.timeout(timeout), http.request(
-                request.method, request.url, data=request.body, headers=request.headers,
-                allow_redirects=False) as resp:
-            text = (await resp.content.read(300)).decode(errors="replace")
+        async with http.request(request.method, request.url, data=request.body,
+                                headers=request.headers, allow_redirects=False,
+                                timeout=_timeout(timeout)) as resp:
+            head = await resp.content.read(300)
             status = resp.status
             outcome = classify(status)
-            error = None if outcome == "delivered" else f"HTTP {status} {text[:200]}".strip()
-            wait = retry_after(resp.headers.get("Retry-After")) \
-                if outcome == "retry" else None
-            return Attempt(outcome, at, status, error, time.perf_counter() - clock, wait)
+            if outcome == "delivered":
+                return Attempt(outcome, at, status, None, time.perf_counter() - clock)
+            text = head.decode(errors="replace")
+            wait = retry_after(resp.headers.get("Retry-After")) if outcome == "retry" else None
+            return Attempt(outcome, at, status, f"HTTP {status} {text[:200]}".strip(),
+                           time.perf_counter() - clock, wait)
     except TimeoutError:
         return Attempt("retry", at, None, f"no answer within {timeout:g}s",
                        time.perf_counter() - clock)
