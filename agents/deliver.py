@@ -60,6 +60,7 @@ class Delivery:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     origins: list[Origin] = field(default_factory=list)  # records settled by this delivery
     due: float = 0.0
+    body: bytes | None = None  # the one row's JSON as read from the topic
 
     def retry_record(self) -> bytes:
         return orjson.dumps({"pipeline_id": self.pipeline_id, "sink_index": self.sink_index,
@@ -122,6 +123,8 @@ class SinkCounts:
     last_error_at: datetime | None = None
     changed: bool = True
     healthy: bool = True  # the last attempt succeeded
+    seconds: float = 0.0  # total duration of the delivered attempts
+    published: tuple[int, float] = (0, 0.0)  # delivered and seconds already in /metrics
 
 
 class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -193,7 +196,8 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                 batch.size += len(record.value)
                 batched += 1
                 continue
-            out.append(Delivery(p.id, i, [row], message_id(p.id, row["lineage"], i)))
+            out.append(Delivery(p.id, i, [row], message_id(p.id, row["lineage"], i),
+                                body=record.value))
         return out, batched
 
     async def flush_batches(self, everything: bool = False) -> None:
@@ -268,18 +272,16 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             return await self._dead(delivery, p, f"sink disabled: {sink.disabled_reason}")
         config = sink.config()
         request = SINKS[sink.sink_type](config, delivery.rows, delivery.msg_id,
-                                        int(time.time()))
+                                        int(time.time()), delivery.body)
         result = await send(self.rt.http, request, config.timeout_seconds)
-        delivery.attempts.append(result.record())
         counts = self.counts[(p.id, delivery.sink_index)]
-        labels = {"pipeline_id": p.id, "sink": str(delivery.sink_index)}
         counts.healthy = result.outcome == "delivered"
-        if result.outcome == "delivered":
+        if result.outcome == "delivered":  # counted into /metrics by `publish`
             counts.delivered += len(delivery.rows)
+            counts.seconds += result.seconds
             counts.changed = True
-            self.rt.metrics.inc("dashpipe_delivered_total", len(delivery.rows), **labels)
-            self.rt.metrics.observe("dashpipe_delivery_seconds", result.seconds, **labels)
             return self._settle(delivery)
+        delivery.attempts.append(result.record())
         self._error(counts, result)
         if result.outcome == "gone":
             await self._disable(p, delivery.sink_index, result)
@@ -350,11 +352,18 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             self.offsets.settle(origin)
 
     async def publish(self) -> None:
-        """The per-sink counts of this process, into the status topic (changed ones only)."""
+        """The per-sink counts of this process, into the status topic and /metrics (changed
+        ones only; per row they would cost more than the rest of a delivery)."""
         for (pid, index), c in list(self.counts.items()):
             if not c.changed:
                 continue
             c.changed = False
+            labels = {"pipeline_id": pid, "sink": str(index)}
+            done, spent = c.delivered - c.published[0], c.seconds - c.published[1]
+            if done:
+                self.rt.metrics.inc("dashpipe_delivered_total", done, **labels)
+                self.rt.metrics.inc("dashpipe_delivery_seconds_total", spent, **labels)
+            c.published = (c.delivered, c.seconds)
             await self.rt.writer.put_sink_status(SinkStatus(
                 pipeline_id=pid, sink_index=index, process=self.process,
                 delivered=c.delivered, retrying=c.retrying, dead=c.dead,

@@ -21,6 +21,12 @@ HELP = {
     "dashpipe_persist_dead_letters_total": ("counter", "Rows the database refused"),
     "dashpipe_persist_unreadable_total": ("counter", "Transformed records persist could not "
                                           "read"),
+    "dashpipe_delivered_total": ("counter", "Rows this deliver process delivered, per sink"),
+    "dashpipe_delivery_seconds_total": ("counter", "Seconds spent in delivered requests"),
+    "dashpipe_delivery_retries_total": ("counter", "Deliveries scheduled for a retry"),
+    "dashpipe_delivery_dead_total": ("counter", "Deliveries that became dead letters"),
+    "dashpipe_delivery_parked_total": ("counter", "Deliveries of a failing sink parked in the "
+                                       "retry topic"),
     "dashpipe_dead_letters_total": ("counter", "Records in the dead-letter topic, by pipeline "
                                     "and stage (counted from the topic)"),
     "dashpipe_dead_letters_resolved_total": ("counter", "Dead letters resolved by a redrive, by "

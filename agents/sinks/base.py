@@ -9,11 +9,10 @@ status, or a destination the egress policy refuses -> dead at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 
@@ -32,8 +31,11 @@ class Request:
     body: bytes
 
 
-# (config, rows, message id, unix time of the attempt) -> the request
-Build = Callable[[Any, list[dict[str, Any]], str, int], Request]
+class Build(Protocol):
+    """(config, rows, message id, unix time of the attempt[, the one row's JSON]) -> request"""
+
+    def __call__(self, config: Any, rows: list[dict[str, Any]], msg_id: str, now: int,
+                 body: bytes | None = None) -> Request: ...
 
 
 @dataclass(frozen=True)

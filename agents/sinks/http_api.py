@@ -28,10 +28,11 @@ def fill(template: Any, row: dict[str, Any]) -> Any:
 
 
 def http_api_request(config: HttpApiSink, rows: list[dict[str, Any]], msg_id: str,
-                     now: int) -> Request:
+                     now: int, body: bytes | None = None) -> Request:
     items = [row if config.body_template is None else fill(config.body_template, row)
              for row in rows]
-    body = orjson.dumps(items if config.batching.max_rows > 1 else items[0])
+    if body is None or config.body_template is not None or config.batching.max_rows > 1:
+        body = orjson.dumps(items if config.batching.max_rows > 1 else items[0])
     headers = dict(request_headers(config))
     headers.update({"Content-Type": "application/json", "User-Agent": "dashpipe",
                     "Idempotency-Key": msg_id})

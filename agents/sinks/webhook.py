@@ -14,8 +14,10 @@ from schemas.pipeline import WebhookSink
 
 
 def webhook_request(config: WebhookSink, rows: list[dict[str, Any]], msg_id: str,
-                    now: int) -> Request:
-    body = orjson.dumps(rows[0] if len(rows) == 1 else rows)
+                    now: int, body: bytes | None = None) -> Request:
+    """`body`: the row's JSON as read from the topic, when there is one row (saves a dump)."""
+    if body is None or len(rows) != 1:
+        body = orjson.dumps(rows[0] if len(rows) == 1 else rows)
     headers = {**config.headers, "Content-Type": "application/json",
                "User-Agent": "dashpipe"}
     if config.signing == "standard":
