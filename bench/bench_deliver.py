@@ -47,16 +47,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +70,7 @@ from harness import (
     dashpipe_command,
     free_port,
     machine_busy,
+    profiler,
     record,
     scratch_prefix,
     setup_logging,
@@ -199,32 +196,6 @@ def request_file(values: list[bytes], config: dict[str, Any], path: Path) -> Non
 
 # --- measuring ------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def profiler(pid: int, out: Path | None, seconds: float) -> Iterator[None]:
-    """`py-spy record -f raw` on `pid` for `seconds` (nothing when `out` is None)."""
-    if out is None:
-        yield
-        return
-    spy = shutil.which("py-spy")
-    if spy is None:
-        raise RuntimeError("--profile needs py-spy (pip install py-spy)")
-    cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-d",
-           str(max(1, round(seconds))), "-r", "200", "--nonblocking"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    log.info("py-spy (pid %d) profiling the deliver process for %.0fs into %s", proc.pid,
-             seconds, out)
-    try:
-        yield
-    finally:
-        try:
-            _, err = proc.communicate(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode != 0:
-            log.warning("py-spy exited with %s: %s", proc.returncode,
-                        err.decode(errors="replace")[-500:])
 
 
 async def settle(limit: float = 0.3, timeout: float = 10.0) -> None:
@@ -271,7 +242,7 @@ async def measure(receiver: Receiver, client: Child, expected: int, max_seconds:
     first_count, start = stats["count"], time.perf_counter()
     give_up = time.monotonic() + max_seconds
     cpu, rcpu, busy = cpu_seconds(client.pid), cpu_seconds(receiver.proc.pid), machine_busy()
-    with profiler(client.pid, profile, profile_seconds):
+    with profiler(client.pid, profile, profile_seconds, "deliver process"):
         seen, last_change = first_count, time.monotonic()
         while stats["nth"] is None:
             await asyncio.sleep(POLL_S)

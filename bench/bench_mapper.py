@@ -33,16 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import random
-import shutil
-import subprocess
 import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +53,7 @@ from harness import (
     child_env,
     cpu_seconds,
     dashpipe_command,
+    profiler,
     record,
     scratch_prefix,
     setup_logging,
@@ -127,32 +125,6 @@ async def fill(servers: str, ks: KafkaSettings, topic: str, n: int,
     return n / elapsed
 
 
-@contextlib.contextmanager
-def profiler(pid: int, out: Path | None, seconds: float) -> Iterator[None]:
-    """`py-spy record -f raw` on `pid` for `seconds` (nothing when `out` is None)."""
-    if out is None:
-        yield
-        return
-    spy = shutil.which("py-spy")
-    if spy is None:
-        raise RuntimeError("--profile needs py-spy (pip install py-spy)")
-    cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-d",
-           str(max(1, round(seconds))), "-r", "200", "--nonblocking"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    log.info("py-spy (pid %d) profiling the map process for %.0fs into %s", proc.pid,
-             seconds, out)
-    try:
-        yield
-    finally:
-        try:
-            _, err = proc.communicate(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode != 0:
-            log.warning("py-spy exited with %s: %s", proc.returncode,
-                        err.decode(errors="replace")[-500:])
 
 
 async def measure(proc: Child, count: Counter, expected: int, profile: Path | None,
@@ -166,7 +138,7 @@ async def measure(proc: Child, count: Counter, expected: int, profile: Path | No
                                f"process starting:\n{proc.output()}")
         await asyncio.sleep(POLL_S)
     start, cpu = time.perf_counter(), cpu_seconds(proc.pid)
-    with profiler(proc.pid, profile, profile_seconds):
+    with profiler(proc.pid, profile, profile_seconds, "map process"):
         seen, last_change = first, time.monotonic()
         while seen < expected:
             await asyncio.sleep(POLL_S)

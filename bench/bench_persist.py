@@ -52,17 +52,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,6 +76,7 @@ from harness import (
     child_env,
     cpu_seconds,
     dashpipe_command,
+    profiler,
     record,
     scratch_prefix,
     setup_logging,
@@ -160,35 +158,6 @@ def batches(rows: list[Row]) -> list[list[Row]]:
 
 def months(rows: list[Row]) -> set[tuple[int, int]]:
     return {db.month_of(r[0].astimezone(UTC)) for r in rows}
-
-
-@contextlib.contextmanager
-def profiler(pid: int, out: Path | None, seconds: float) -> Iterator[None]:
-    """`py-spy record -f raw` on the persist process for `seconds` (nothing when `out` is
-    None)."""
-    if out is None:
-        yield
-        return
-    spy = shutil.which("py-spy")
-    if spy is None:
-        raise RuntimeError("--profile needs py-spy (pip install py-spy)")
-    cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-d",
-           str(max(1, round(seconds))), "-r", "200", "--nonblocking", "--idle"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    log.info("py-spy (pid %d) profiling the persist process for %.0fs into %s", proc.pid,
-             seconds, out)
-    try:
-        yield
-    finally:
-        try:
-            _, err = proc.communicate(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode != 0:
-            log.warning("py-spy exited with %s: %s", proc.returncode,
-                        err.decode(errors="replace")[-500:])
 
 
 # --- the database ---------------------------------------------------------------------------
@@ -363,7 +332,8 @@ async def watch(proc: Child, count: Count, expected: int, interval: float,
         await asyncio.sleep(interval)
     start, cpu = time.perf_counter(), cpu_seconds(proc.pid)
     poll_s, polls = 0.0, 0
-    with profiler(proc.pid, profile, profile_seconds):
+    with profiler(proc.pid, profile, profile_seconds, "persist process",
+                  idle=True):
         seen, last_change = first, time.monotonic()
         while seen < expected:
             await asyncio.sleep(interval)

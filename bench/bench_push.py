@@ -59,11 +59,9 @@ import math
 import os
 import resource
 import secrets
-import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +79,7 @@ from harness import (
     dashpipe_command,
     free_port,
     machine_busy,
+    profiler,
     record,
     scratch_prefix,
     setup_logging,
@@ -242,33 +241,6 @@ def raise_open_files(needed: int) -> None:
                            "(ulimit -n)")
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     log.info("raised the open-file limit from %d to %d (the servers inherit it)", soft, needed)
-
-
-@contextlib.contextmanager
-def profiler(pid: int, out: Path | None, seconds: float, what: str) -> Iterator[None]:
-    """`py-spy record -f raw` on `pid` for `seconds` (nothing when `out` is None)."""
-    if out is None:
-        yield
-        return
-    spy = shutil.which("py-spy")
-    if spy is None:
-        raise RuntimeError("--profile needs py-spy (pip install py-spy)")
-    cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-d",
-           str(max(1, round(seconds))), "-r", "200", "--nonblocking"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    log.info("py-spy (pid %d) profiling %s for %.0fs into %s", proc.pid, what, seconds, out)
-    try:
-        yield
-    finally:
-        try:
-            _, err = proc.communicate(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode != 0:
-            log.warning("py-spy exited with %s: %s", proc.returncode,
-                        err.decode(errors="replace")[-500:])
 
 
 # --- (a) latency ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -327,3 +328,32 @@ def record_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.records, args.rounds = min(args.records, 20_000), 1
     return args
+
+
+@contextlib.contextmanager
+def profiler(pid: int, out: Path | None, seconds: float, what: str = "process",
+             idle: bool = False) -> Iterator[None]:
+    """`py-spy record -f raw` on `pid` for `seconds` (nothing when `out` is None); `idle`
+    also samples the time the process waits."""
+    if out is None:
+        yield
+        return
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+    cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-d",
+           str(max(1, round(seconds))), "-r", "200", "--nonblocking", *(["--idle"] * idle)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    log.info("py-spy (pid %d) profiling the %s for %.0fs into %s", proc.pid, what, seconds, out)
+    try:
+        yield
+    finally:
+        try:
+            _, err = proc.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if proc.returncode != 0:
+            log.warning("py-spy exited with %s: %s", proc.returncode,
+                        err.decode(errors="replace")[-500:])
