@@ -130,12 +130,12 @@ def describe(record: ConsumerRecord) -> str:
     return f"{where} {text[:100]}{'…' if len(text) > 100 else ''}"
 
 
-async def tail_raw(rt: Runtime, ids: set[str], out: Callable[[str], None],
-                   started: asyncio.Event | None = None) -> None:
-    """Print every Bronze record of `ids` written from now on."""
+async def tail(rt: Runtime, topic: str, line: Callable[[ConsumerRecord], str | None],
+               out: Callable[[str], None], started: asyncio.Event | None = None) -> None:
+    """Print `line(record)` for every record of `topic` written from now on (None: skip)."""
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)
     async with kafka.started(consumer):
-        tps = await kafka.partitions(consumer, rt.names.raw)
+        tps = await kafka.partitions(consumer, topic)
         consumer.assign(tps)
         for tp, end in (await consumer.end_offsets(tps)).items():
             consumer.seek(tp, end)
@@ -145,32 +145,29 @@ async def tail_raw(rt: Runtime, ids: set[str], out: Callable[[str], None],
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
-                    if record.key is not None and record.key.decode(errors="replace") in ids:
-                        out(f"bronze  {describe(record)}")
+                    text = line(record)
+                    if text is not None:
+                        out(text)
 
 
-async def tail_transformed(rt: Runtime, ids: set[str], out: Callable[[str], None],
-                           started: asyncio.Event | None = None) -> None:
-    """Print every transformed row of `ids` written from now on."""
-    consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)
-    async with kafka.started(consumer):
-        tps = await kafka.partitions(consumer, rt.names.transformed)
-        consumer.assign(tps)
-        for tp, end in (await consumer.end_offsets(tps)).items():
-            consumer.seek(tp, end)
-        if started is not None:
-            started.set()
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    row = orjson.loads(record.value or b"{}")
-                    if row.get("pipeline_id") in ids:
-                        lineage = row.get("lineage", {})
-                        fields = orjson.dumps(row.get("fields")).decode()
-                        out(f"silver  {row['pipeline_id']} {row.get('time')} "
-                            f"(raw p{lineage.get('raw_partition')}@{lineage.get('raw_offset')}"
-                            f" row {lineage.get('row_index')}) {fields[:120]}")
+def bronze_line(ids: set[str]) -> Callable[[ConsumerRecord], str | None]:
+    def line(record: ConsumerRecord) -> str | None:
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        return f"bronze  {describe(record)}" if key in ids else None
+    return line
+
+
+def silver_line(ids: set[str]) -> Callable[[ConsumerRecord], str | None]:
+    def line(record: ConsumerRecord) -> str | None:
+        row = orjson.loads(record.value or b"{}")
+        if row.get("pipeline_id") not in ids:
+            return None
+        lineage = row.get("lineage", {})
+        fields = orjson.dumps(row.get("fields")).decode()
+        return (f"silver  {row['pipeline_id']} {row.get('time')} "
+                f"(raw p{lineage.get('raw_partition')}@{lineage.get('raw_offset')}"
+                f" row {lineage.get('row_index')}) {fields[:120]}")
+    return line
 
 
 def watch_command(settings: Settings, bootstrap: str, local_kafka: bool, topic: str) -> str:
@@ -250,8 +247,9 @@ async def run_demo(settings: Settings, bootstrap: str, local_kafka: bool = True,
             info = await setup_demo(rt, api_url)
             tailing, tailing_silver = asyncio.Event(), asyncio.Event()
             ids = {QUAKES, WEBHOOK}
-            tasks = [asyncio.create_task(tail_raw(rt, ids, out, tailing)),
-                     asyncio.create_task(tail_transformed(rt, ids, out, tailing_silver)),
+            tasks = [asyncio.create_task(tail(rt, rt.names.raw, bronze_line(ids), out, tailing)),
+                     asyncio.create_task(tail(rt, rt.names.transformed, silver_line(ids), out,
+                                              tailing_silver)),
                      asyncio.create_task(stop.wait())]
             try:
                 if await _wait(_both(tailing, tailing_silver), tasks):

@@ -1,9 +1,7 @@
 """`dashpipe pipelines ...` against the real log: the CLI as a user runs it (`main(argv)`, settings
 from the environment), in a thread so it owns its event loop as it does in a shell."""
 
-import asyncio
 import io
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +9,11 @@ import orjson
 import pytest
 import yaml
 
-from dashpipe import cli
 from dashpipe.runtime import open_runtime
 from dashpipe.settings import Settings
+from tests.integration.conftest import Run
 
 ROOT = Path(__file__).resolve().parents[2]
-Run = Callable[..., Awaitable[tuple[int, str, str]]]
 
 PIPELINES = """
 pipelines:
@@ -41,21 +38,11 @@ SECRETS = ("whsec-never-printed-1234", "upstream-token-never-printed")
 
 
 @pytest.fixture
-def dashpipe(settings: Settings, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> Run:
-    """`await dashpipe("pipelines", "list")` -> (exit code, stdout, stderr)."""
-    assert settings.database.url is not None
-    env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-           "KAFKA_GROUP_PREFIX": settings.kafka.group_prefix,
-           "TOPIC_PREFIX": settings.topics.prefix,
-           "DATABASE_URL": settings.database.url.get_secret_value()}
-    for name, value in env.items():
-        monkeypatch.setenv(f"DASHPIPE_{name}", value)
+def dashpipe(dashpipe_cli: Run) -> Run:
+    """The CLI runner, checking that no secret is ever printed."""
 
     async def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(cli.main, list(argv))
-        out, err = capsys.readouterr()
+        code, out, err = await dashpipe_cli(*argv)
         for secret in SECRETS:
             assert secret not in out + err
         return code, out, err

@@ -4,8 +4,6 @@ rows appear in the transformed topic; rows that still fail are new dead letters,
 persist dead letters go back to the transformed topic, deliver dead letters back to their sink.
 The CLI runs as a user runs it (`main(argv)`, settings from the environment), in a thread."""
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -13,14 +11,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from dashpipe import cli
 from dashpipe.settings import ADMIN, Settings
 from schemas.records import TransformedRecord
 from tests.helpers import read_topic, topic_size, wait_until
+from tests.integration.conftest import Run
 from tests.integration.test_deliver import FAST, Receiver, hook, serve
 from tests.integration.test_mapper import webhook_pipeline, write_raw
 
-Run = Callable[..., Awaitable[tuple[int, str, str]]]
 STRICT = {"records": "items[*]",
           "fields": {"n": {"path": "n", "type": "integer", "required": True}}}
 # a JSON merge patch: `n` from `n`, else from `m`
@@ -28,24 +25,8 @@ FIXED = {"fields": {"n": {"path": None, "first_of": ["n", "m"]}}}
 
 
 @pytest.fixture
-def dashpipe(settings: Settings, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> Run:
-    """`await dashpipe("dlq", "list", ...)` -> (exit code, stdout, stderr)."""
-    assert settings.database.url is not None
-    env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-           "KAFKA_GROUP_PREFIX": settings.kafka.group_prefix,
-           "TOPIC_PREFIX": settings.topics.prefix,
-           "DATABASE_URL": settings.database.url.get_secret_value()}
-    for name, value in env.items():
-        monkeypatch.setenv(f"DASHPIPE_{name}", value)
-
-    async def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(cli.main, list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+def dashpipe(dashpipe_cli: Run) -> Run:
+    return dashpipe_cli
 
 
 def counts(rt: Any, pid: str) -> dict[str, int]:
