@@ -36,7 +36,7 @@ from dashpipe import kafka
 from dashpipe.batcher import BatchSender
 from dashpipe.runtime import Runtime
 from schemas.pipeline import HttpApiSink, Pipeline, SinkStatus
-from schemas.records import SCHEMA_VERSION
+from schemas.records import SCHEMA_VERSION, dead_letter, header
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def plan(self, record: Any, origin: Origin) -> tuple[list[Delivery], int]:
         """The deliveries of one row, and how many batches it joined instead."""
-        pid = next((v.decode() for k, v in record.headers if k == "dashpipe-pipeline-id"), None)
+        pid = header(record.headers, "dashpipe-pipeline-id")
         p = self.rt.registry.pipelines.get(pid) if pid else None
         if p is None or not p.sinks or record.value is None:
             return [], 0
@@ -312,17 +312,12 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._settle(delivery)
 
     async def _dead(self, delivery: Delivery, p: Pipeline, reason: str) -> None:
-        key = p.id.encode()
         first = delivery.rows[0] if delivery.rows else {}
-        value = orjson.dumps({
-            "stage": "deliver", "reason": reason, "pipeline_id": p.id, "team_id": p.team_id,
-            "lineage": first.get("lineage"), "mapping_version": first.get("mapping_version"),
-            "sink_index": delivery.sink_index, "attempts": delivery.attempts,
-            "failed_at": datetime.now(UTC), "record": first if len(delivery.rows) == 1
-            else delivery.rows, "schema_version": SCHEMA_VERSION}, option=orjson.OPT_UTC_Z)
-        await _write(self.dead_letters, key, value,
-                     [("dashpipe-pipeline-id", key), ("dashpipe-team-id", p.team_id.encode()),
-                      ("dashpipe-stage", b"deliver")])
+        key, value, headers = dead_letter(
+            "deliver", reason, p.id, p.team_id, first.get("lineage"),
+            first.get("mapping_version"), first if len(delivery.rows) == 1 else delivery.rows,
+            sink_index=delivery.sink_index, attempts=delivery.attempts)
+        await _write(self.dead_letters, key, value, headers)
         counts = self.counts[(p.id, delivery.sink_index)]
         counts.dead += len(delivery.rows)
         counts.changed = True
@@ -389,9 +384,7 @@ async def _write(sender: BatchSender, key: bytes, value: bytes,
 
 async def run_deliverer(rt: Runtime) -> None:
     names = rt.names
-    counts: dict[str, int] = {}
-    for tp in await kafka.partitions(rt.writer.producer, names.retry, names.dlq):
-        counts[tp.topic] = counts.get(tp.topic, 0) + 1
+    counts = await kafka.partition_counts(rt.writer.producer, names.retry, names.dlq)
     deliverer = Deliverer(rt, counts)
     rt.roles["deliver"] = deliverer
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("deliver"))

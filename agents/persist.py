@@ -31,7 +31,7 @@ from aiokafka.errors import CommitFailedError
 from dashpipe import db, kafka
 from dashpipe.batcher import partition_for, send_records
 from dashpipe.runtime import Runtime
-from schemas.records import SCHEMA_VERSION
+from schemas.records import dead_letter, header
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Persister:
         source: dict[tuple[str, str, datetime], Any] = {}
         for records in batch.values():
             for record in records:
-                pid = _header(record.headers, "dashpipe-pipeline-id")
+                pid = header(record.headers, "dashpipe-pipeline-id")
                 p = pipelines.get(pid) if pid is not None else None
                 if p is None or not p.persist_data:
                     continue
@@ -162,19 +162,12 @@ class Persister:
         for row, code, message in refused:
             record = source[identity(row)]
             transformed = orjson.loads(record.value)
-            value = orjson.dumps({
-                "stage": "persist",
-                "reason": f"database refused the row: SQLSTATE {code} "
-                          f"({ROW_CLASSES[code[:2]]}): {message}",
-                "pipeline_id": row[2], "team_id": row[1], "lineage": transformed["lineage"],
-                "mapping_version": row[8], "failed_at": datetime.now(UTC),
-                "record": transformed, "schema_version": SCHEMA_VERSION},
-                option=orjson.OPT_UTC_Z)
-            key = row[2].encode()
+            key, value, headers = dead_letter(
+                "persist", f"database refused the row: SQLSTATE {code} "
+                           f"({ROW_CLASSES[code[:2]]}): {message}",
+                row[2], row[1], transformed["lineage"], row[8], transformed)
             out.setdefault((dlq, partition_for(key, self.dlq_partitions)), []).append(
-                (key, value, [("dashpipe-pipeline-id", key),
-                              ("dashpipe-team-id", row[1].encode()),
-                              ("dashpipe-stage", b"persist")], None))
+                (key, value, headers, None))
             self.rt.metrics.inc("dashpipe_persist_dead_letters_total", pipeline_id=row[2])
         await send_records(self.rt.writer.producer, out)
 
@@ -190,13 +183,6 @@ class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.rt.metrics.inc("dashpipe_persist_assignments_total")
-
-
-def _header(headers: Any, name: str) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return str(value.decode())
-    return None
 
 
 async def run_persist(rt: Runtime) -> None:

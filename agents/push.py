@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 
 from dashpipe import kafka
 from dashpipe.runtime import Runtime
+from schemas.records import header
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Hub:
         pos = list(self.position)
         pos[partition] = offset + 1
         self.position = tuple(pos)
-        pid = next((v.decode() for k, v in headers if k == "dashpipe-pipeline-id"), None)
+        pid = header(headers, "dashpipe-pipeline-id")
         if pid is None or value is None:
             return
         event = (partition, offset, self.position, value)
@@ -216,9 +217,8 @@ class Hub:
                         if read > CATCH_UP_LIMIT:
                             raise BadPosition("too far behind to resume; reconnect without "
                                               "an id and read /recent")
-                        header = next((v for k, v in record.headers
-                                       if k == "dashpipe-pipeline-id"), None)
-                        if header == pid.encode() and record.value is not None:
+                        if header(record.headers, "dashpipe-pipeline-id") == pid and \
+                                record.value is not None:
                             yield tp.partition, record.offset, tuple(pos), record.value
 
 

@@ -221,7 +221,7 @@ def _answer_only() -> Any:
 
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.redrive import parse_position
+    from streams.ledger import parse_position
 
     # bad positions fail before Kafka is touched
     shown = parse_position(args.offset) if args.action == "show" else None
@@ -234,13 +234,14 @@ async def _dlq(settings: Settings, args: argparse.Namespace, shown: tuple[int, i
                only: list[tuple[int, int]] | None) -> int:
     from dashpipe.runtime import open_runtime
     from streams import redrive
+    from streams.ledger import ledger_of, table
 
     async with open_runtime(settings, stack.endpoints(settings).bootstrap_servers) as rt:
         if args.action == "redrive":
             report = await redrive.redrive(rt, args.pipeline, args.stage, only)
             print("\n".join(report.lines()))
             return 1 if report.still_failing else 0
-        ledger = await redrive.ledger_of(rt, args.pipeline)
+        ledger = await ledger_of(rt, args.pipeline)
         if shown is not None:
             print(orjson.dumps(ledger.detail(shown), option=orjson.OPT_INDENT_2).decode())
             return 0
@@ -250,7 +251,7 @@ async def _dlq(settings: Settings, args: argparse.Namespace, shown: tuple[int, i
                                 "dead_letters": [e.summary() for e in entries]},
                                option=orjson.OPT_INDENT_2).decode())
         elif entries:
-            print(redrive.table(entries))
+            print(table(entries))
         else:
             print(f"no unresolved dead letters of pipeline {args.pipeline}")
     return 0

@@ -75,3 +75,11 @@ async def partitions(client: Any, *topics: str, timeout: float = 15.0) -> list[T
             raise Unavailable(f"topic {', '.join(missing)} does not exist: run "
                               "`dashpipe topics create`")
         await asyncio.sleep(0.2)
+
+
+async def partition_counts(client: Any, *topics: str) -> dict[str, int]:
+    """Topic -> its number of partitions."""
+    counts: dict[str, int] = {}
+    for tp in await partitions(client, *topics):
+        counts[tp.topic] = counts.get(tp.topic, 0) + 1
+    return counts

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
@@ -126,6 +127,29 @@ class DeadLetterResolution(_Record):
     resolved: list[ResolvedLetter]
     redriven_at: datetime
     schema_version: int = SCHEMA_VERSION
+
+
+def header(headers: Any, name: str) -> str | None:
+    """The text of header `name` of a Kafka record, or None."""
+    for key, value in headers or ():
+        if key == name:
+            return str(value.decode(errors="replace"))
+    return None
+
+
+def dead_letter(stage: str, reason: str, pipeline_id: str, team_id: str, lineage: Any,
+                mapping_version: int | None, record: Any, *, sink_index: int | None = None,
+                attempts: list[dict[str, Any]] | None = None
+                ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers of a `DeadLetter` record (every stage writes them this way)."""
+    value = orjson.dumps({
+        "stage": stage, "reason": reason, "pipeline_id": pipeline_id, "team_id": team_id,
+        "lineage": lineage, "mapping_version": mapping_version, "sink_index": sink_index,
+        "attempts": attempts or [], "failed_at": now(), "record": record,
+        "schema_version": SCHEMA_VERSION}, option=orjson.OPT_UTC_Z, default=str)
+    key = pipeline_id.encode()
+    return key, value, [("dashpipe-pipeline-id", key), ("dashpipe-team-id", team_id.encode()),
+                        ("dashpipe-stage", stage.encode())]
 
 
 def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, ingest_id: str,

@@ -12,13 +12,10 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from dashpipe.jsonpath import MISSING, compile_path
 from schemas.mapping import (
@@ -31,19 +28,11 @@ from schemas.mapping import (
     FieldSpec,
     Mapping,
     Not,
-    Regex,
-    Round,
-    Scale,
     TimeSpec,
-    ValueMap,
 )
+from streams import values
+from streams.values import Value, json_type
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# integers of seconds or milliseconds go through a float of seconds, which is exact to the
-# microsecond below 2**33 s (year 2242); outside that, and before year 1, the exact path
-_FAST_EPOCH_S = 2**33
-_MIN_EPOCH_S = -62135596800  # 0001-01-01T00:00:00Z
-Value = Callable[[Any], Any]
 Predicate = Callable[[dict[str, Any]], bool]
 
 
@@ -72,242 +61,11 @@ class Mapped:
 Compiled = Callable[[Any, datetime], Mapped]
 
 
-class _Bad(Exception):
-    """A value that does not fit; the message says what was expected."""
-
-
 class _Fail(Exception):
     """A row that cannot be mapped; the message is the dead letter's reason."""
 
 
-def json_type(value: Any) -> str:
-    """The JSON name of a value's type, for reasons: object, array, string, ..."""
-    if value is None or value is MISSING:
-        return "null" if value is None else "nothing"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def _shown(value: Any) -> str:
-    text = orjson.dumps(value, default=str).decode() if value is not MISSING else ""
-    return f"{json_type(value)} {text[:40]}{'...' if len(text) > 40 else ''}".rstrip()
-
-
-# --- types -------------------------------------------------------------------------------
-
-def _to_string(v: Any) -> Any:
-    if type(v) is str:
-        return v
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return str(v)
-    raise _Bad("expected a string")
-
-
-def _to_integer(v: Any) -> Any:
-    if type(v) is int:
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if type(v) is str:
-        try:
-            return int(v.strip())
-        except ValueError:
-            pass
-    raise _Bad("expected an integer")
-
-
-def _to_float(v: Any) -> Any:
-    if type(v) is float:
-        if math.isfinite(v):
-            return v
-    elif type(v) is int:
-        return float(v)
-    elif type(v) is str:
-        try:
-            f = float(v)
-        except ValueError:
-            raise _Bad("expected a number") from None
-        if math.isfinite(f):
-            return f
-    raise _Bad("expected a finite number")
-
-
-def _to_boolean(v: Any) -> Any:
-    if type(v) is bool:
-        return v
-    if type(v) is str and v.strip().lower() in ("true", "false"):
-        return v.strip().lower() == "true"
-    if type(v) is int and v in (0, 1):
-        return v == 1
-    raise _Bad("expected a boolean")
-
-
-def _timestamp(fmt: str) -> Value:
-    """A parser of one time format into an aware UTC datetime."""
-    if fmt in EPOCH_FORMATS:
-        per_second = EPOCH_FORMATS[fmt]
-        micros = 1_000_000 // per_second
-
-        exact_float = per_second <= 1_000  # see _FAST_EPOCH_S
-
-        def epoch(v: Any) -> datetime:
-            if type(v) is int and exact_float and \
-                    _MIN_EPOCH_S <= v / per_second < _FAST_EPOCH_S:
-                try:
-                    return datetime.fromtimestamp(v / per_second, UTC)
-                except (OverflowError, OSError, ValueError):
-                    raise _Bad(f"{fmt} out of range") from None
-            if type(v) is str:
-                try:
-                    v = float(v) if any(c in v for c in ".eE") else int(v)
-                except ValueError:
-                    raise _Bad(f"expected {fmt} (a number)") from None
-            try:
-                if type(v) is int:
-                    return EPOCH + timedelta(microseconds=v * micros)
-                if type(v) is float and math.isfinite(v):
-                    return EPOCH + timedelta(microseconds=round(v * micros))
-            except OverflowError:
-                raise _Bad(f"{fmt} out of range") from None
-            raise _Bad(f"expected {fmt} (a number)")
-        return epoch
-
-    def parse(v: Any) -> datetime:
-        if type(v) is not str:
-            raise _Bad(f"expected a {fmt} string")
-        try:
-            t = datetime.fromisoformat(v) if fmt == "rfc3339" else datetime.strptime(v, fmt)
-        except ValueError:
-            raise _Bad(f"expected {fmt}") from None
-        try:
-            return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-        except (OverflowError, ValueError):
-            raise _Bad(f"{fmt} out of range") from None
-    return parse
-
-
-def _converter(spec: FieldSpec) -> Value | None:
-    if spec.type == "timestamp":
-        return _timestamp(spec.format or "rfc3339")
-    return {"string": _to_string, "integer": _to_integer, "float": _to_float,
-            "boolean": _to_boolean, "json": None}[spec.type]
-
-
-# --- transforms ---------------------------------------------------------------------------
-
-def _string_op(name: str, op: Callable[[str], str]) -> Value:
-    def apply(v: Any) -> Any:
-        if type(v) is not str:
-            raise _Bad(f"{name} needs a string")
-        return op(v)
-    return apply
-
-
-def _number(v: Any, name: str) -> Any:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise _Bad(f"{name} needs a number")
-    return v
-
-
-def _transform(t: Any) -> Value:
-    if t == "lower":
-        return _string_op("lower", str.lower)
-    if t == "upper":
-        return _string_op("upper", str.upper)
-    if t == "trim":
-        return _string_op("trim", str.strip)
-    if isinstance(t, Round):
-        places = t.round
-        return lambda v: round(_number(v, "round"), places)
-    if isinstance(t, Scale):
-        factor = t.scale
-        return lambda v: _number(v, "scale") * factor
-    if isinstance(t, ValueMap):
-        table, default = t.map, t.default
-
-        def mapped(v: Any) -> Any:
-            found = table.get(v if type(v) is str else orjson.dumps(v).decode(), MISSING)
-            if found is not MISSING:
-                return found
-            return v if default is None else default
-        return mapped
-    if isinstance(t, Regex):
-        pattern = re.compile(t.regex)
-        group = t.group if t.group is not None else (1 if pattern.groups else 0)
-
-        def extract(v: Any) -> Any:
-            if type(v) is not str:
-                raise _Bad("regex needs a string")
-            m = pattern.search(v)
-            return None if m is None else m.group(group)
-        return extract
-    raise ValueError(f"unknown transform {t!r}")
-
-
-def _numeric(ops: list[Round | Scale]) -> Value:
-    """Consecutive `round` / `scale` transforms as one step (one number check)."""
-    first = "round" if isinstance(ops[0], Round) else "scale"
-    plan = [(isinstance(op, Scale), op.scale if isinstance(op, Scale) else op.round)
-            for op in ops]
-    if len(plan) == 2 and plan[0][0] and not plan[1][0]:  # the usual: scale, then round
-        factor, places = plan[0][1], int(plan[1][1])
-
-        def scale_round(v: Any) -> Any:
-            if type(v) is not float and (type(v) is not int):
-                _number(v, first)
-            return round(v * factor, places)
-        return scale_round
-
-    def numeric(v: Any) -> Any:
-        if type(v) is not float and (type(v) is not int):
-            _number(v, first)
-        for is_scale, arg in plan:
-            v = v * arg if is_scale else round(v, int(arg))
-        return v
-    return numeric
-
-
-def _steps(transforms: list[Any]) -> list[Value]:
-    steps: list[Value] = []
-    run: list[Round | Scale] = []
-    for t in [*transforms, None]:
-        if isinstance(t, Round | Scale):
-            run.append(t)
-            continue
-        if run:
-            steps.append(_numeric(run))
-            run = []
-        if t is not None:
-            steps.append(_transform(t))
-    return steps
-
-
 # --- fields -------------------------------------------------------------------------------
-
-def _text(v: Any) -> str:
-    if type(v) is str:
-        return v
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return str(v)
-    return orjson.dumps(v).decode()
-
 
 def _constant(value: Any) -> Value:
     return lambda rec: value
@@ -332,14 +90,14 @@ def _source(spec: FieldSpec) -> tuple[Value, str]:
         for part in spec.concat:
             if isinstance(part, Const):
                 if part.const is not None:  # a null part is skipped, as a null value is
-                    parts.append(_constant(_text(part.const)))
+                    parts.append(_constant(values.text(part.const)))
             else:
                 parts.append(compile_path(part).getter())
         sep = spec.separator
 
         def concat(rec: Any) -> Any:
             found = [p(rec) for p in parts]
-            present = [_text(v) for v in found if v is not None and v is not MISSING]
+            present = [values.text(v) for v in found if v is not None and v is not MISSING]
             return sep.join(present) if present else MISSING
         return concat, " + ".join(p if isinstance(p, str) else "const" for p in spec.concat)
     return _constant(spec.const), "const"
@@ -348,8 +106,8 @@ def _source(spec: FieldSpec) -> tuple[Value, str]:
 def _field(name: str, spec: FieldSpec) -> Value:
     """The function giving one output field of a record, or raising `_Fail`."""
     get, where = _source(spec)
-    convert = _converter(spec)
-    steps = _steps(spec.transforms)
+    convert = values.converter(spec)
+    steps = values.steps(spec.transforms)
     required, default = spec.required, spec.default
 
     def absent(v: Any) -> Any:
@@ -358,8 +116,8 @@ def _field(name: str, spec: FieldSpec) -> Value:
                         f"{'missing' if v is MISSING else 'null'}")
         return default
 
-    def fail(problem: _Bad, v: Any) -> _Fail:
-        return _Fail(f"field {name!r}: {problem} at {where!r}, got {_shown(v)}")
+    def fail(problem: values.Bad, v: Any) -> _Fail:
+        return _Fail(f"field {name!r}: {problem} at {where!r}, got {values.shown(v)}")
 
     if not steps and convert is None:
         def plain(rec: Any) -> Any:
@@ -378,7 +136,7 @@ def _field(name: str, spec: FieldSpec) -> Value:
                 return absent(v)
             try:
                 return conv(v)
-            except _Bad as exc:
+            except values.Bad as exc:
                 raise fail(exc, v) from None
 
         keys = compile_path(spec.path).keys() if spec.path is not None else None
@@ -413,29 +171,30 @@ def _field(name: str, spec: FieldSpec) -> Value:
                 if v is None:
                     return absent(v)
             return v if convert is None else convert(v)
-        except _Bad as exc:
+        except values.Bad as exc:
             raise fail(exc, original) from None
     return transformed
 
 
 def _time(spec: TimeSpec) -> Value:
     get = compile_path(spec.path).getter()
-    parse = _timestamp(spec.format)
+    parse = values.timestamp(spec.format)
     path = spec.path
 
     per_second = EPOCH_FORMATS.get(spec.format, 0)
     direct = 0 < per_second <= 1_000  # integers of s or ms: exact through a float
+    lowest, highest = values.MIN_EPOCH_S, values.FAST_EPOCH_S
 
     def row_time(rec: Any) -> datetime:
         v = get(rec)
-        if direct and type(v) is int and _MIN_EPOCH_S <= v / per_second < _FAST_EPOCH_S:
+        if direct and type(v) is int and lowest <= v / per_second < highest:
             return datetime.fromtimestamp(v / per_second, UTC)
         if v is None or v is MISSING:
             raise _Fail(f"time: {path!r} is {'missing' if v is MISSING else 'null'}")
         try:
             return parse(v)  # type: ignore[no-any-return]
-        except _Bad as exc:
-            raise _Fail(f"time: {exc} at {path!r}, got {_shown(v)}") from None
+        except values.Bad as exc:
+            raise _Fail(f"time: {exc} at {path!r}, got {values.shown(v)}") from None
     return row_time
 
 
@@ -462,8 +221,8 @@ def _predicate(cond: Any, types: dict[str, FieldSpec]) -> Predicate:
     name, value = cond.field, cond.value
     spec = types.get(name)
     if spec is not None and spec.type == "timestamp" and isinstance(value, str):
-        with contextlib.suppress(_Bad):  # not a time: it never compares with one
-            value = _timestamp("rfc3339")(value)  # compare times as times
+        with contextlib.suppress(values.Bad):  # not a time: it never compares with one
+            value = values.timestamp("rfc3339")(value)  # compare times as times
     if cond.op in ("in", "not_in"):
         options = value if isinstance(value, list) else [value]
         inside = cond.op == "in"
@@ -562,7 +321,7 @@ def compile_mapping(spec: Mapping | None) -> Compiled:
                 if k is None:
                     errors.append(RowError(index, f"key: field {key_name!r} is null", rec))
                     continue
-                key = k if type(k) is str else _text(k)
+                key = k if type(k) is str else values.text(k)
             rows.append(Row(index, when, key, out))
         return Mapped(rows, errors, filtered)
     return run

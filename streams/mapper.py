@@ -27,7 +27,7 @@ from dashpipe import kafka
 from dashpipe.batcher import Record, partition_for, send_records
 from dashpipe.runtime import Runtime
 from schemas.pipeline import Pipeline
-from schemas.records import SCHEMA_VERSION, raw_headers
+from schemas.records import SCHEMA_VERSION, dead_letter, header, raw_headers
 from streams.compiler import Compiled, Mapped, RowError, compile_mapping
 
 log = logging.getLogger(__name__)
@@ -163,16 +163,12 @@ class Mapper:
 
     def _dead(self, p: Pipeline, c: _Compiled, partition: int, offset: int, error: RowError,
               out: Out) -> None:
-        value = orjson.dumps({
-            "stage": "map", "reason": error.reason, "pipeline_id": p.id, "team_id": p.team_id,
-            "lineage": {"raw_partition": partition, "raw_offset": offset,
-                        "row_index": error.index},
-            "mapping_version": c.version, "failed_at": datetime.now(UTC),
-            "record": error.record, "schema_version": SCHEMA_VERSION},
-            option=JSON_OPTIONS, default=str)
-        dlq, key = self.rt.names.dlq, p.id.encode()
-        out[(dlq, partition_for(key, self.partitions[dlq]))].append(
-            (key, value, [*c.headers, ("dashpipe-stage", b"map")], None))
+        key, value, headers = dead_letter(
+            "map", error.reason, p.id, p.team_id,
+            {"raw_partition": partition, "raw_offset": offset, "row_index": error.index},
+            c.version, error.record)
+        dlq = self.rt.names.dlq
+        out[(dlq, partition_for(key, self.partitions[dlq]))].append((key, value, headers, None))
         self.rt.metrics.inc("dashpipe_map_dead_letters_total", pipeline_id=p.id)
 
     def _skip(self, pid: str) -> None:
@@ -193,9 +189,8 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
                               group_id=rt.group("map"))
     producer = rt.writer.producer
     async with kafka.started(consumer):
-        counts: dict[str, int] = {}
-        for tp in await kafka.partitions(producer, names.raw, names.transformed, names.dlq):
-            counts[tp.topic] = counts.get(tp.topic, 0) + 1
+        counts = await kafka.partition_counts(producer, names.raw, names.transformed,
+                                              names.dlq)
         mapper = Mapper(rt, counts)
         rt.roles["map"] = mapper
         pending: asyncio.Task[None] | None = None  # the previous batch's write and commit
@@ -229,10 +224,8 @@ async def _write_and_commit(producer: Any, consumer: Any, out: Out,
 
 
 def _unknown(rt: Runtime, record: Any) -> bool:
-    for name, value in record.headers or ():
-        if name == "dashpipe-pipeline-id":
-            return value.decode() not in rt.registry.pipelines
-    return False
+    pid = header(record.headers, "dashpipe-pipeline-id")
+    return pid is not None and pid not in rt.registry.pipelines
 
 
 async def _write(producer: Any, out: Out) -> None:

@@ -30,6 +30,7 @@ from dashpipe.batcher import partition_for, send_records
 from dashpipe.runtime import Runtime
 from schemas.mapping import Mapping
 from schemas.pipeline import Pipeline
+from schemas.records import header
 from streams.mapper import Mapper, Out
 
 SAMPLES = 3
@@ -121,10 +122,8 @@ async def replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
         raise ReplayError("a candidate mapping is promoted before a written replay: save it "
                           "on the pipeline, or preview it with a dry run")
     status = Status(p.id, tp.partition, lo, hi, position=lo)
-    partitions: dict[str, int] = {}
-    for t in await kafka.partitions(rt.writer.producer, rt.names.transformed, rt.names.dlq,
-                                    rt.names.raw):
-        partitions[t.topic] = partitions.get(t.topic, 0) + 1
+    partitions = await kafka.partition_counts(rt.writer.producer, rt.names.transformed,
+                                              rt.names.dlq, rt.names.raw)
     mapper = Mapper(rt, partitions, feed_children=False)
     if candidate is not None:
         mapper.pin(p, candidate, p.mapping_version + 1)
@@ -226,7 +225,6 @@ async def current_rows(rt: Runtime, p: Pipeline, raw_partition: int, lo: int, hi
     """The latest transformed row of each lineage of `p` with raw offsets in [lo, hi)."""
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)
     found: dict[Lineage, dict[str, Any]] = {}
-    pid = p.id.encode()
     async with kafka.started(consumer):
         raw = TopicPartition(rt.names.raw, raw_partition)
         consumer.assign([raw])
@@ -250,7 +248,7 @@ async def current_rows(rt: Runtime, p: Pipeline, raw_partition: int, lo: int, hi
                 for record in records:
                     if record.offset >= ends[tp]:
                         break
-                    if any(k == "dashpipe-pipeline-id" and v == pid for k, v in record.headers):
+                    if header(record.headers, "dashpipe-pipeline-id") == p.id:
                         row = orjson.loads(record.value)
                         lin = _lineage(row)
                         if lin[0] == raw_partition and lo <= lin[1] < hi:

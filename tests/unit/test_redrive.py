@@ -22,6 +22,7 @@ from dashpipe.topics import TopicNames
 from schemas.mapping import Mapping
 from schemas.pipeline import Pipeline
 from schemas.records import ResolvedLetter
+from streams import ledger as ledgers
 from streams import redrive
 from streams.compiler import compile_mapping
 from streams.mapper import Mapper, Out
@@ -56,11 +57,11 @@ def marker(*positions: tuple[int, int, str]) -> bytes:
 
 
 def test_positions_parse_and_bad_ones_are_refused() -> None:
-    assert redrive.parse_position("2:17") == (2, 17)
-    assert redrive.position_text((2, 17)) == "2:17"
+    assert ledgers.parse_position("2:17") == (2, 17)
+    assert ledgers.position_text((2, 17)) == "2:17"
     for text in ("2", "a:1", "1:-1", "", "1:2:3"):
         with pytest.raises(DashpipeError):
-            redrive.parse_position(text)
+            ledgers.parse_position(text)
 
 
 def test_a_marker_round_trips_and_is_labelled_redriven() -> None:
@@ -88,7 +89,7 @@ def test_the_tally_subtracts_resolved_dead_letters_once() -> None:
 
 
 def test_the_ledger_folds_one_pipelines_dead_letters_and_markers() -> None:
-    ledger = redrive.Ledger("p")
+    ledger = ledgers.Ledger("p")
     ledger.add(0, 0, b"p", headers("map"), letter("map", row=1), 1)
     ledger.add(0, 1, b"q", headers("map"), letter("map"), 1)  # another pipeline's
     ledger.add(0, 2, b"p", headers("persist"), letter("persist"), 1)
@@ -103,7 +104,7 @@ def test_the_ledger_folds_one_pipelines_dead_letters_and_markers() -> None:
     with pytest.raises(NotFound):
         ledger.detail((0, 1))
     assert [e.summary()["position"] for e in ledger.unresolved()] == ["0:2", "0:3"]
-    lines = redrive.table(ledger.unresolved()).splitlines()
+    lines = ledgers.table(ledger.unresolved()).splitlines()
     assert lines[0].split() == ["OFFSET", "STAGE", "FAILED", "AT", "LINEAGE", "REASON"]
     assert lines[2].split()[:2] == ["0:3", "deliver#0"]
     with pytest.raises(NotFound):  # only unresolved ones can be picked
@@ -116,14 +117,14 @@ def test_payload_level_reasons_match_what_the_map_stage_writes() -> None:
         "n": {"path": "n", "type": "integer", "required": True}}}))
     [missing] = records({"other": 1}, AT).errors
     [row] = records({"items": [{"m": 1}]}, AT).errors
-    assert redrive.payload_level(missing.reason) and not redrive.payload_level(row.reason)
+    assert ledgers.payload_level(missing.reason) and not ledgers.payload_level(row.reason)
     out = _map(pipeline("p", {"fields": {"n": "n"}}), b"not json {")
     [(_, dead)] = [(k, v) for k, vs in out.items() for v in vs if k[0] == NAMES.dlq]
-    assert redrive.payload_level(orjson.loads(dead[1])["reason"])
+    assert ledgers.payload_level(orjson.loads(dead[1])["reason"])
 
 
 def test_failing_rows_group_dead_letters_by_raw_record() -> None:
-    ledger = redrive.Ledger("p")
+    ledger = ledgers.Ledger("p")
     for offset, (raw_offset, row, reason) in enumerate(
             [(5, 1, "field 'n'"), (5, 2, "field 'n'"), (6, 0, "records: 'x' not found"),
              (6, 3, "field 'n'"), (7, 0, "payload is not valid JSON: x")]):
@@ -190,8 +191,8 @@ def test_a_deliver_dead_letter_becomes_a_retry_due_now_with_its_message_id() -> 
     assert Delivery.from_retry(w.record[1]).msg_id.endswith("-2")  # as the batch was named
 
 
-def _entry(stage: str, **letter_fields: Any) -> redrive.Entry:
-    return redrive.Entry(0, 9, stage, 0, {}, {"stage": stage, "reason": "r", **letter_fields})
+def _entry(stage: str, **letter_fields: Any) -> ledgers.Entry:
+    return ledgers.Entry(0, 9, stage, 0, {}, {"stage": stage, "reason": "r", **letter_fields})
 
 
 def _map(p: Pipeline, value: bytes) -> Out:
