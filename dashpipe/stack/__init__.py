@@ -64,9 +64,20 @@ def resolved(settings: Settings) -> tuple[Settings, Endpoints]:
 async def wait_for_kafka(bootstrap: str, timeout: float = 90.0,
                          alive: Callable[[], bool] | None = None) -> None:
     """Return once the broker answers a metadata request; raise after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # "Unable connect" is expected until the broker listens
+    try:
+        await _wait(bootstrap, deadline, timeout, alive)
+    finally:
+        quiet.setLevel(level)
+
+
+async def _wait(bootstrap: str, deadline: float, timeout: float,
+                alive: Callable[[], bool] | None) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    deadline = time.monotonic() + timeout
     last: Exception | None = None
     gone = 0  # consecutive checks that found no broker process (its exec can blink once)
     while time.monotonic() < deadline:
