@@ -39,6 +39,9 @@ class Replays:
             return api.error(400, "from: an RFC 3339 time or a raw offset is required")
         start, end = str(body["from"]), body.get("to")
         dry_run = bool(body.get("dry_run", False))
+        workers = body.get("workers", 1)
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 8:
+            return api.error(400, "workers: an integer from 1 to 8")
         spec = None
         if body.get("mapping") is not None and dry_run:
             try:
@@ -64,7 +67,8 @@ class Replays:
         def report(status: Status) -> None:
             self.progress[pid] = status.view()
 
-        task = asyncio.create_task(replay(self.rt, p, start, end and str(end), progress=report))
+        task = asyncio.create_task(replay(self.rt, p, start, end and str(end), progress=report,
+                                          workers=workers))
         self.running[pid] = task
         task.add_done_callback(lambda t: self._done(pid, t))
         return api.json_response({"status": "started", "pipeline_id": p.id,

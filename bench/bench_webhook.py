@@ -39,6 +39,7 @@ from harness import (
     dashpipe_command,
     free_port,
     machine_busy,
+    profiler,
     record,
     scratch_prefix,
     setup_logging,
@@ -180,6 +181,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"],
                         help="of the measured role (info: as the Procfile runs it)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one round of 5 s")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy raw profiles of our web process (FILE) and of the bare "
+                        "handler (FILE with suffix .bare.txt), first round")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.rounds = min(args.seconds, 5), 1, 1
@@ -231,12 +235,17 @@ async def one_round(args: argparse.Namespace, script: Path, bare_side: tuple[str
                     size: int) -> float:
     (bare_url, bare_pid), (ours_url, ours_pid) = bare_side, ours_side
     await wrk(bare_url, script, args.warmup)
-    base = await measured(bare_url, script, args.seconds, bare_pid)
+    bare_profile = args.profile.with_suffix(".bare.txt") if args.profile else None
+    with profiler(bare_pid, bare_profile if round_ == 1 else None, args.seconds - 1,
+                  "bare handler"):
+        base = await measured(bare_url, script, args.seconds, bare_pid)
     check("bare", base)
     await wrk(ours_url, script, args.warmup)
     await asyncio.sleep(1.0)  # warm-up requests still in flight land before the count
     before = await count()
-    ours = await measured(ours_url, script, args.seconds, ours_pid)
+    with profiler(ours_pid, args.profile if round_ == 1 else None, args.seconds - 1,
+                  "web process"):
+        ours = await measured(ours_url, script, args.seconds, ours_pid)
     await asyncio.sleep(1.0)
     written = await count() - before
     try:

@@ -252,11 +252,13 @@ async def wait_http(url: str, proc: Child, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.2)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat; `children` adds
+    those of its children it has waited for (cutime + cstime)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11:15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def child_env(servers: str, prefix: str, **extra: str) -> dict[str, str]:

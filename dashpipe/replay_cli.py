@@ -25,6 +25,9 @@ def add_parser(sub: Any) -> None:
                    help="where to stop (exclusive; default: the end now)")
     p.add_argument("--mapping", metavar="FILE", help="a candidate data_mapping (YAML or JSON): "
                    "previewed with --dry-run, else saved on the pipeline first")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="map a written replay on N processes (one core each), written in "
+                        "order (default 1)")
     p.add_argument("--dry-run", action="store_true",
                    help="write nothing; print what would change against the current output")
 
@@ -71,7 +74,8 @@ async def _replay(settings: Settings, args: argparse.Namespace, candidate: Any) 
                 print(f"mapping saved on {p.id} as version {p.mapping_version}",
                       file=sys.stderr)
         try:
-            summary = await replay(rt, p, args.start, args.end, spec, args.dry_run, progress)
+            summary = await replay(rt, p, args.start, args.end, spec, args.dry_run, progress,
+                                   workers=args.workers)
         except ReplayError as exc:
             print(f"dashpipe: error: {exc}", file=sys.stderr)
             return 2

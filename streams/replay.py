@@ -32,6 +32,7 @@ from schemas.mapping import Mapping
 from schemas.pipeline import Pipeline
 from schemas.records import header
 from streams.mapper import Mapper, Out
+from streams.replay_workers import CHUNK, Workers
 
 SAMPLES = 3
 Lineage = tuple[int, int, int]
@@ -115,8 +116,25 @@ def _checkpoint(rt: Runtime, p: Pipeline, key: str) -> Path:
 
 async def replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
                  candidate: Mapping | None = None, dry_run: bool = False,
-                 progress: Progress | None = None) -> dict[str, Any]:
-    """Run a replay; returns its summary (and, for a dry run, the diff)."""
+                 progress: Progress | None = None, workers: int = 1, chunk: int = CHUNK
+                 ) -> dict[str, Any]:
+    """Run a replay; returns its summary (and, for a dry run, the diff). A written replay
+    of more than one `chunk` of records with `workers` > 1 maps on that many processes
+    (`streams.replay_workers`)."""
+    if workers < 1:
+        raise ReplayError(f"--workers must be at least 1, not {workers}")
+    pool = Workers()
+    try:
+        if workers > 1 and not dry_run:
+            await pool.spawn(workers)
+        return await _replay(rt, p, start, end, candidate, dry_run, progress, pool, chunk)
+    finally:
+        await pool.close()
+
+
+async def _replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
+                  candidate: Mapping | None, dry_run: bool, progress: Progress | None,
+                  pool: Workers, chunk: int) -> dict[str, Any]:
     tp, lo, hi = await bounds(rt, p, start, end)
     if candidate is not None and not dry_run:
         raise ReplayError("a candidate mapping is promoted before a written replay: save it "
@@ -131,6 +149,10 @@ async def replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
     point = _checkpoint(rt, p, key)
     if not dry_run and point.exists():
         status.position = status.resumed_from = int(orjson.loads(point.read_bytes())["next"])
+    if pool.pool and hi - status.position > chunk:
+        await pool.run(rt, p, tp, status, hi, partitions, chunk,
+                       lambda position: _save(point, position), progress)
+        return _finish(status, point, progress)
     new_rows: dict[Lineage, dict[str, Any]] = {}
     new_dead: set[Lineage] = set()
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)
@@ -172,15 +194,19 @@ async def replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
     finally:
         if pending is not None and not pending.done():
             pending.cancel()
-    status.done = True
-    if progress is not None:
-        progress(status)
-    point.unlink(missing_ok=True)
-    summary = status.view()
+    summary = _finish(status, point, progress)
     if dry_run:
         current = await current_rows(rt, p, tp.partition, lo, hi)
         summary["diff"] = diff(current, new_rows, new_dead)
     return summary
+
+
+def _finish(status: Status, point: Path, progress: Progress | None) -> dict[str, Any]:
+    status.done = True
+    if progress is not None:
+        progress(status)
+    point.unlink(missing_ok=True)
+    return status.view()
 
 
 async def _write(rt: Runtime, out: Out, point: Path, position: int) -> None:

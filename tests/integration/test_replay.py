@@ -12,7 +12,7 @@ import pytest
 
 from dashpipe.settings import ADMIN, Settings
 from streams import replay as replays
-from tests.helpers import topic_size, wait_until
+from tests.helpers import read_topic, topic_size, wait_until
 from tests.integration.test_mapper import webhook_pipeline, write_raw
 
 V1 = {"records": "items[*]", "fields": {"id": {"path": "id", "type": "string"},
@@ -101,6 +101,40 @@ async def test_an_interrupted_replay_resumes_from_its_checkpoint(start_roles: An
     summary = await replays.replay(rt, p, "0", None)
     assert summary["records"] == 4 and not point.exists()
     assert await topic_size(settings, rt.names.transformed) == before + 8
+
+
+async def test_a_replay_on_worker_processes_writes_every_row_in_raw_order(
+        start_roles: Any, settings: Settings) -> None:
+    rt = await start_roles()  # no map role: only the replay writes transformed records
+    keyed = {**V1, "key": "id"}  # rows spread over the transformed partitions by key
+    p = await rt.service.create(webhook_pipeline("parallel", keyed), ADMIN)
+    await write_raw(settings, rt.names.raw, "parallel", payloads(25))
+    progress: list[int] = []
+    summary = await replays.replay(rt, p, "0", None, workers=2, chunk=4,
+                                   progress=lambda s: progress.append(s.position))
+    assert (summary["records"], summary["rows"], summary["dead_letters"], summary["done"]) \
+        == (25, 50, 0, True)
+    assert progress == sorted(progress) and len(progress) >= 7  # chunk by chunk, in order
+    records = await read_topic(settings, rt.names.transformed, 50)
+    lineages: dict[int, list[tuple[int, int]]] = {}
+    for r in records:
+        lin = orjson.loads(r.value)["lineage"]
+        lineages.setdefault(r.partition, []).append((lin["raw_offset"], lin["row_index"]))
+    assert sum(len(v) for v in lineages.values()) == 50
+    assert len({x for v in lineages.values() for x in v}) == 50
+    for found in lineages.values():  # per partition, in the order one process writes them
+        assert found == sorted(found)
+
+
+async def test_more_workers_than_needed_and_bad_worker_counts(start_roles: Any,
+                                                              settings: Settings) -> None:
+    rt = await start_roles()
+    p = await rt.service.create(webhook_pipeline("small", V1), ADMIN)
+    await write_raw(settings, rt.names.raw, "small", payloads(3))
+    summary = await replays.replay(rt, p, "0", None, workers=4)  # one chunk: no worker used
+    assert (summary["records"], summary["rows"]) == (3, 6)
+    with pytest.raises(replays.ReplayError, match="at least 1"):
+        await replays.replay(rt, p, "0", None, workers=0)
 
 
 async def test_bad_bounds_are_refused_with_the_reason(start_roles: Any) -> None:
