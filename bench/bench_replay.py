@@ -17,19 +17,23 @@ the raw topic (all its partitions, with its own group) as `bench_consumer.py` ru
 joining the group is), and its fetch-only rate `fetch.nMsg.sec` (joining the group excluded),
 reported as a second ratio.
 
-Ours: `streams.replay.replay(rt, pipeline, "0", None)`, a written replay (not a dry run) of the
-whole range, in this process, on a runtime opened by `dashpipe.runtime.open_runtime` on the
-scratch prefix. The timed span is from the call to its return: finding the partition and the
-offsets (`bounds()`: metadata + a short-lived consumer), starting the replay's consumer, then
-reading the partition with `getmany`, mapping every record with the pipeline's compiled mapping,
-writing each batch's transformed rows with the batch API and waiting for Kafka's acks before the
-next `getmany`, and the checkpoint file written after each batch (into a temporary state dir).
-Excluded: the runtime's start-up (producer start, registry read to the end, HTTP session), like
-JVM start-up on the other side. `loop` figures count from the replay's own `Status.started`
-(after `bounds()`) to the end. This process's CPU time (utime + stime of every thread, the
-Kafka client's included; the broker is another process) over the call is reported per 1,000
-records. The written rows are checked: `--records` records and rows, no dead letter, and as
-many records on `<prefix>.transformed`.
+Ours: `streams.replay.replay(rt, pipeline, "0", None, workers=--workers)`, a written replay (not a
+dry run) of the whole range, on 2 worker processes by default (`--workers 1`: in this process; see
+`streams/replay_workers.py`), driven from this process, on a runtime opened by
+`dashpipe.runtime.open_runtime` on the scratch prefix. The timed span is from the call to its
+return: finding the partition and the offsets (`bounds()`: metadata + a short-lived consumer),
+starting the replay's consumer, then reading the partition with `getmany`, mapping every record
+with the pipeline's compiled mapping, writing each batch's transformed rows with the batch API and
+waiting for Kafka's acks before the next `getmany`, and the checkpoint file written after each
+batch (into a temporary state dir). Excluded: the runtime's start-up (producer start, registry read
+to the end, HTTP session), like JVM start-up on the other side. `loop` figures count from the
+replay's own `Status.started` (after `bounds()`) to the end. This process's CPU time, its workers'
+included (utime + stime of every thread, the Kafka clients' included; the broker is another
+process) over the call is reported per 1,000 records. `--rounds` (3): each round runs the tool,
+then ours; the median of the rounds' ratios is the figure. The written rows are checked:
+`--records` records and rows, no dead letter, and `--records` more records on
+`<prefix>.transformed` each round. Worker start-up (a Python process each) is inside the timed
+span.
 
 Also measured, not compared: a dry run over the same range, after the written replay. A dry run
 writes nothing but reads the current transformed rows of the same raw records (here the
