@@ -87,6 +87,25 @@ async def test_answers_in_order(web: Any, settings: Settings) -> None:
     assert await topic_size(settings, f"{settings.topics.prefix}.raw") == 0
 
 
+async def test_the_router_path_answers_like_the_fast_path(web: Any, settings: Settings) -> None:
+    """`POST /webhooks/<id>` skips aiohttp's router unless the request needs it (an `Expect`
+    header, a query string, an id no pipeline can have): every way gives the same answers."""
+    await make(web, "paths")
+    body = b'{"n": 1}'
+    ways = [("/webhooks/paths", {}), ("/webhooks/paths?source=x", {}),
+            ("/webhooks/paths", {"Expect": "100-continue"})]
+    for path, extra in ways:
+        async with web.post(path, data=body, headers={**signed(body), **extra}) as r:
+            assert (r.status, (await r.json())["status"]) == (202, "received"), path
+        async with web.post(path, data=body, headers={**signed(body, "wrong"), **extra}) as r:
+            assert r.status == 401, path
+    async with web.post("/webhooks/pa%74hs", data=body, headers=signed(body)) as r:
+        assert r.status == 202  # percent-encoded: the router decodes it
+    async with web.post("/webhooks/no.such", data=body, headers=signed(body)) as r:
+        assert r.status == 404 and "not found" in (await r.json())["error"]
+    assert await topic_size(settings, f"{settings.topics.prefix}.raw") == 4
+
+
 async def test_not_a_realtime_pipeline_is_400(web: Any) -> None:
     body = {"id": "polled", "name": "p", "type": "polling", "source_type": "http_api",
             "interval_seconds": 60, "source_config": {"url": "http://127.0.0.1:9/"}}
