@@ -42,6 +42,10 @@ def make_app(settings: Settings, bootstrap: str, roles: list[str]) -> faust.App:
         try:
             async with open_runtime(settings, bootstrap) as rt:
                 gc.freeze()  # start-up objects live forever: keep them out of every collection
+                # young collections every 20,000 allocations instead of 700: a request or a
+                # record allocates dozens of objects that refcounting frees anyway; ~1 us less
+                # per webhook (bench_webhook.py), memory unchanged
+                gc.set_threshold(20_000, 10, 10)
                 await run_roles(rt, roles)
         except Exception as exc:
             log.error("dashpipe stopped: %s", exc)

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from agents.signatures import (
     SignatureError,
     Verified,
+    hmac_sha256,
     new_secret,
     sign_original,
     sign_standard,
@@ -208,3 +212,22 @@ def test_reference_signature_verifies_with_ours() -> None:
     headers = {"webhook-id": "msg_2fXk", "webhook-timestamp": str(ts),
                "webhook-signature": signature}
     assert verify([secret], headers, BODY, now=time.time()) == Verified("standard", "msg_2fXk")
+
+
+@given(st.binary(max_size=200), st.lists(st.binary(max_size=300), max_size=3))
+def test_hmac_sha256_equals_the_standard_library(key: bytes, parts: list[bytes]) -> None:
+    """Keys shorter than, equal to and longer than SHA-256's 64-byte block; the pads are
+    cached per key, so repeated keys are covered too."""
+    assert hmac_sha256(key, *parts) == hmac.digest(key, b"".join(parts), "sha256")
+    assert hmac_sha256(key, *parts) == hmac.digest(key, b"".join(parts), "sha256")
+
+
+@pytest.mark.parametrize("size", [63, 64, 65, 200])
+def test_hmac_sha256_at_the_block_size(size: int) -> None:
+    key = bytes(range(256))[:size]
+    assert hmac_sha256(key, BODY) == hmac.digest(key, BODY, "sha256")
+
+
+def test_a_non_ascii_original_signature_is_a_mismatch() -> None:
+    with pytest.raises(SignatureError, match="does not match"):
+        verify([PLAIN], {"x-webhook-signature": "é" * 64}, BODY, now=NOW)
