@@ -32,6 +32,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from agents.sinks import SINKS, Attempt, send
+from agents.sinks.queue import SinkQueue
 from dashpipe import kafka
 from dashpipe.batcher import BatchSender
 from dashpipe.runtime import Runtime
@@ -51,7 +52,7 @@ def message_id(pipeline_id: str, lineage: dict[str, Any], sink_index: int) -> st
     return "msg_" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-@dataclass
+@dataclass(slots=True)
 class Delivery:
     pipeline_id: str
     sink_index: int
@@ -133,7 +134,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.settings = rt.settings.delivery
         self.partitions = partitions
         self.offsets = Offsets()
-        self.queues: dict[tuple[str, int], asyncio.Queue[Delivery]] = {}
+        self.queues: dict[tuple[str, int], SinkQueue[Delivery]] = {}
         self.workers: list[asyncio.Task[None]] = []
         self.held: list[tuple[float, int, Delivery]] = []  # retries not due yet (a heap)
         self.batches: dict[tuple[str, int], _Batch] = {}  # rows gathering for batched sinks
@@ -240,13 +241,14 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             p = self.rt.registry.pipelines.get(delivery.pipeline_id)
             concurrency = p.sinks[delivery.sink_index].config().concurrency \
                 if p is not None and delivery.sink_index < len(p.sinks) else 1
-            queue = self.queues[key] = asyncio.Queue(self.settings.queue_rows)
+            queue = self.queues[key] = SinkQueue(self.settings.queue_rows)
             self.workers += [asyncio.create_task(self._work(queue), name=f"sink {key}")
                              for _ in range(concurrency)]
         if not queue.full():
             queue.put_nowait(delivery)
         elif self.counts[key].healthy:
-            await queue.put(delivery)
+            await queue.room()
+            queue.put_nowait(delivery)
         else:
             delivery.due = time.time() + PARK_SECONDS
             self.rt.metrics.inc("dashpipe_delivery_parked_total",
@@ -254,7 +256,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             self.workers.append(asyncio.create_task(self._park(delivery)))
 
     # --- delivery -----------------------------------------------------------------------
-    async def _work(self, queue: asyncio.Queue[Delivery]) -> None:
+    async def _work(self, queue: SinkQueue[Delivery]) -> None:
         while True:
             delivery = await queue.get()
             try:
