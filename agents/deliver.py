@@ -144,6 +144,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.retries = BatchSender(producer, rt.names.retry, partitions[rt.names.retry])
         self.dead_letters = BatchSender(producer, rt.names.dlq, partitions[rt.names.dlq])
         self._seq = 0
+        self._plans: dict[str, tuple[Pipeline, list[tuple[int, bool, bool]]]] = {}
 
     # --- rebalance ----------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -183,14 +184,12 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         row = orjson.loads(record.value)
         out = []
         batched = 0
-        for i, sink in enumerate(p.sinks):
-            if not sink.enabled:
+        for i, enabled, batching in self._targets(p):
+            if not enabled:
                 self.rt.metrics.inc("dashpipe_deliver_skipped_total", pipeline_id=p.id,
                                     sink=str(i), reason="disabled")
                 continue
-            config = sink.config()
-            limits = config.batching if isinstance(config, HttpApiSink) else None
-            if limits is not None and limits.max_rows > 1:
+            if batching:
                 batch = self.batches.setdefault((p.id, i), _Batch(time.monotonic()))
                 batch.rows.append(row)
                 batch.origins.append(origin)
@@ -200,6 +199,18 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             out.append(Delivery(p.id, i, [row], message_id(p.id, row["lineage"], i),
                                 body=record.value))
         return out, batched
+
+    def _targets(self, p: Pipeline) -> list[tuple[int, bool, bool]]:
+        """(index, enabled, batched) of every sink of `p`, worked out once per definition."""
+        cached = self._plans.get(p.id)
+        if cached is None or cached[0] is not p:
+            targets = []
+            for i, sink in enumerate(p.sinks):
+                config = sink.config() if sink.enabled else None
+                limits = config.batching if isinstance(config, HttpApiSink) else None
+                targets.append((i, sink.enabled, limits is not None and limits.max_rows > 1))
+            cached = self._plans[p.id] = (p, targets)
+        return cached[1]
 
     async def flush_batches(self, everything: bool = False) -> None:
         """Send the batches that are full (rows or bytes) or old enough."""

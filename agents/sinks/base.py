@@ -41,11 +41,15 @@ class Build(Protocol):
 @dataclass(slots=True)  # built per delivery: cheaper than a frozen one
 class Attempt:
     outcome: Outcome
-    at: datetime
+    started: float  # unix seconds
     status: int | None
     error: str | None
     seconds: float
     retry_after: float | None = None
+
+    @property
+    def at(self) -> datetime:  # made only for a failed attempt's record
+        return datetime.fromtimestamp(self.started, UTC)
 
     def record(self) -> dict[str, Any]:
         return {"at": self.at.isoformat(), "status": self.status, "error": self.error,
@@ -68,7 +72,7 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
 
 
 async def send(http: aiohttp.ClientSession, request: Request, timeout: float) -> Attempt:
-    at = datetime.now(UTC)
+    at = time.time()
     clock = time.perf_counter()
     try:
         async with http.request(request.method, request.url, data=request.body,
