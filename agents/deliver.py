@@ -170,8 +170,8 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         planned, batched = self.plan(record, (tp, record.offset))
         self.offsets.add(tp, record.offset, len(planned) + batched)
         for delivery in planned:
-            delivery.origins.append((tp, record.offset))
-            await self.submit(delivery)
+            if not self.offer(delivery):
+                await self.submit(delivery)
         if batched:
             await self.flush_batches()
 
@@ -197,7 +197,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                 batched += 1
                 continue
             out.append(Delivery(p.id, i, [row], message_id(p.id, row["lineage"], i),
-                                body=record.value))
+                                origins=[origin], body=record.value))
         return out, batched
 
     def _targets(self, p: Pipeline) -> list[tuple[int, bool, bool]]:
@@ -240,6 +240,14 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             counts = self.counts[(delivery.pipeline_id, delivery.sink_index)]
             counts.retrying = max(0, counts.retrying - 1)
             await self.submit(delivery)
+
+    def offer(self, delivery: Delivery) -> bool:
+        """Queue a delivery if its sink's queue has room (no task switch); False if not."""
+        queue = self.queues.get((delivery.pipeline_id, delivery.sink_index))
+        if queue is None or queue.full():
+            return False
+        queue.put_nowait(delivery)
+        return True
 
     async def submit(self, delivery: Delivery) -> None:
         """Queue a delivery for its sink's workers. A full queue of a healthy sink makes the

@@ -12,14 +12,27 @@ from agents.signatures import ORIGINAL_HEADER, sign_original, sign_standard
 from agents.sinks.base import Request
 from schemas.pipeline import WebhookSink
 
+_FIXED: dict[int, tuple[WebhookSink, dict[str, str]]] = {}
+
+
+def _fixed_headers(config: WebhookSink) -> dict[str, str]:
+    """The headers every request of a sink shares, built once per sink config."""
+    cached = _FIXED.get(id(config))
+    if cached is None or cached[0] is not config:
+        if len(_FIXED) > 1000:  # configs replaced over a long run: start over
+            _FIXED.clear()
+        cached = _FIXED[id(config)] = (config, {**config.headers,
+                                                "Content-Type": "application/json",
+                                                "User-Agent": "dashpipe"})
+    return cached[1]
+
 
 def webhook_request(config: WebhookSink, rows: list[dict[str, Any]], msg_id: str,
                     now: int, body: bytes | None = None) -> Request:
     """`body`: the row's JSON as read from the topic, when there is one row (saves a dump)."""
     if body is None or len(rows) != 1:
         body = orjson.dumps(rows[0] if len(rows) == 1 else rows)
-    headers = {**config.headers, "Content-Type": "application/json",
-               "User-Agent": "dashpipe"}
+    headers = _fixed_headers(config).copy()
     if config.signing == "standard":
         headers.update({"webhook-id": msg_id, "webhook-timestamp": str(now),
                         "webhook-signature": sign_standard(config.secret, msg_id, now, body)})
