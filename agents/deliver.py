@@ -23,6 +23,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +32,7 @@ import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from agents.sinks import SINKS, Attempt, send
+from agents.sinks import SINKS, Attempt, Request, send
 from agents.sinks.queue import SinkQueue
 from dashpipe import kafka
 from dashpipe.batcher import BatchSender
@@ -49,7 +50,7 @@ def message_id(pipeline_id: str, lineage: dict[str, Any], sink_index: int) -> st
     """Stable per row and sink: the same on every attempt, restart and replay."""
     text = (f"{pipeline_id}:{lineage['raw_partition']}:{lineage['raw_offset']}:"
             f"{lineage['row_index']}:{sink_index}")
-    return "msg_" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    return "msg_" + hashlib.sha256(text.encode()).digest()[:16].hex()  # = hexdigest()[:32]
 
 
 @dataclass(slots=True)
@@ -276,32 +277,54 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     # --- delivery -----------------------------------------------------------------------
     async def _work(self, queue: SinkQueue[Delivery]) -> None:
+        """One worker of a sink. The request is made right here, not in a helper coroutine:
+        every time the response wakes the worker, each coroutine in the chain is resumed, and
+        one level less is ~2 us less per row (bench_deliver.py, profiled)."""
+        http = self.rt.http
         while True:
             delivery = await queue.get()
             try:
-                await self.attempt(delivery)
+                ready = self.prepare(delivery)
+                if isinstance(ready, tuple):
+                    request, timeout, p = ready
+                    result = await send(http, request, timeout)
+                    if not self.delivered(p, delivery, result):
+                        await self.failed(p, delivery, result)
+                elif ready is not None:
+                    await ready
             except Exception:  # never lose the worker; the delivery repeats after a restart
                 log.exception("deliver: unexpected error for %s sink %d",
                               delivery.pipeline_id, delivery.sink_index)
 
-    async def attempt(self, delivery: Delivery) -> None:
+    def prepare(self, delivery: Delivery
+                ) -> tuple[Request, float, Pipeline] | Awaitable[None] | None:
+        """The request to make for `delivery`; else what to await instead (the sink is
+        disabled: a dead letter), or None (pipeline or sink deleted: settled)."""
         p = self.rt.registry.pipelines.get(delivery.pipeline_id)
         if p is None or delivery.sink_index >= len(p.sinks):
-            return self._settle(delivery)  # pipeline or sink deleted
+            self._settle(delivery)
+            return None
         sink = p.sinks[delivery.sink_index]
         if not sink.enabled:
-            return await self._dead(delivery, p, f"sink disabled: {sink.disabled_reason}")
+            return self._dead(delivery, p, f"sink disabled: {sink.disabled_reason}")
         config = sink.config()
         request = SINKS[sink.sink_type](config, delivery.rows, delivery.msg_id,
                                         int(time.time()), delivery.body)
-        result = await send(self.rt.http, request, config.timeout_seconds)
+        return request, config.timeout_seconds, p
+
+    def delivered(self, p: Pipeline, delivery: Delivery, result: Attempt) -> bool:
         counts = self.counts[(p.id, delivery.sink_index)]
         counts.healthy = result.outcome == "delivered"
-        if result.outcome == "delivered":  # counted into /metrics by `publish`
-            counts.delivered += len(delivery.rows)
-            counts.seconds += result.seconds
-            counts.changed = True
-            return self._settle(delivery)
+        if not counts.healthy:
+            return False
+        counts.delivered += len(delivery.rows)  # counted into /metrics by `publish`
+        counts.seconds += result.seconds
+        counts.changed = True
+        self._settle(delivery)
+        return True
+
+    async def failed(self, p: Pipeline, delivery: Delivery, result: Attempt) -> None:
+        counts = self.counts[(p.id, delivery.sink_index)]
         delivery.attempts.append(result.record())
         self._error(counts, result)
         if result.outcome == "gone":

@@ -242,7 +242,7 @@ async def measure(receiver: Receiver, client: Child, expected: int, max_seconds:
     first_count, start = stats["count"], time.perf_counter()
     give_up = time.monotonic() + max_seconds
     cpu, rcpu, busy = cpu_seconds(client.pid), cpu_seconds(receiver.proc.pid), machine_busy()
-    with profiler(client.pid, profile, profile_seconds, "deliver process"):
+    with profiler(client.pid, profile, profile_seconds, client.name):
         seen, last_change = first_count, time.monotonic()
         while stats["nth"] is None:
             await asyncio.sleep(POLL_S)
@@ -274,13 +274,14 @@ async def measure(receiver: Receiver, client: Child, expected: int, max_seconds:
 
 
 async def bare_side(receiver: Receiver, url: str, path: Path, args: argparse.Namespace,
-                    label: str) -> Sample:
+                    label: str, profile: Path | None = None) -> Sample:
     await settle()
     await receiver.reset()
     cmd = bench_script("bare.py", "post", "--url", url, "--file", str(path),
                        "--concurrency", str(args.concurrency))
     with child(f"bare-post-{label}", cmd) as client:
-        sample = await measure(receiver, client, args.records, args.max_seconds)
+        sample = await measure(receiver, client, args.records, args.max_seconds, profile,
+                               args.profile_seconds)
         await client.wait_for_output("posted ")
         if " 0 not 2xx" not in client.output():
             raise RuntimeError(f"the bare client got non-2xx answers:\n{client.output()}")
@@ -309,7 +310,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "take the rate of the rows received so far (recorded "
                              "complete=false)")
     parser.add_argument("--profile", type=Path, default=None,
-                        help="py-spy raw output of the deliver process over the measured window")
+                        help="py-spy raw output of the deliver process over the measured window "
+                             "(FILE), and of the bare client after it (FILE with .bare.txt)")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="smoke run (2,000 rows)")
     args = parser.parse_args(argv)
@@ -359,7 +361,9 @@ async def run(args: argparse.Namespace) -> None:
                                              args.profile_seconds)
                         retry_records, dead_letters = await parked(), await dead()
                     log.info("ours: %.0f rows/s", ours.rate)
-                    after = await bare_side(receiver, url, requests, args, "after")
+                    after = await bare_side(receiver, url, requests, args, "after",
+                                            args.profile and args.profile.with_suffix(
+                                                ".bare.txt"))
     if dead_letters:
         raise RuntimeError(f"the deliver role wrote {dead_letters} dead letters")
     duplicates = ours.requests - ours.distinct
