@@ -75,18 +75,22 @@ async def send(http: aiohttp.ClientSession, request: Request, timeout: float) ->
     at = time.time()
     clock = time.perf_counter()
     try:
-        async with http.request(request.method, request.url, data=request.body,
-                                headers=request.headers, allow_redirects=False,
-                                timeout=_timeout(timeout)) as resp:
+        # awaited, not `async with`: one coroutine level less each time the answer wakes us
+        resp = await http.request(request.method, request.url, data=request.body,
+                                  headers=request.headers, allow_redirects=False,
+                                  timeout=_timeout(timeout))
+        try:
             head = await resp.content.read(300)
-            status = resp.status
-            outcome = classify(status)
-            if outcome == "delivered":
-                return Attempt(outcome, at, status, None, time.perf_counter() - clock)
-            text = head.decode(errors="replace")
-            wait = retry_after(resp.headers.get("Retry-After")) if outcome == "retry" else None
-            return Attempt(outcome, at, status, f"HTTP {status} {text[:200]}".strip(),
-                           time.perf_counter() - clock, wait)
+        finally:
+            resp.release()
+        status = resp.status
+        outcome = classify(status)
+        if outcome == "delivered":
+            return Attempt(outcome, at, status, None, time.perf_counter() - clock)
+        text = head.decode(errors="replace")
+        wait = retry_after(resp.headers.get("Retry-After")) if outcome == "retry" else None
+        return Attempt(outcome, at, status, f"HTTP {status} {text[:200]}".strip(),
+                       time.perf_counter() - clock, wait)
     except TimeoutError:
         return Attempt("retry", at, None, f"no answer within {timeout:g}s",
                        time.perf_counter() - clock)
