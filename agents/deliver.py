@@ -159,20 +159,26 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.rt.metrics.inc("dashpipe_deliver_assignments_total")
 
     # --- intake -------------------------------------------------------------------------
-    async def take(self, tp: TopicPartition, record: Any) -> None:
-        """Plan the deliveries of one consumed record (transformed row or retry)."""
-        names = self.rt.names
-        if tp.topic == names.retry:
+    def take(self, tp: TopicPartition, record: Any) -> Awaitable[None] | None:
+        """Plan the deliveries of one consumed record (transformed row or retry) and queue
+        them; returns what to await when that could not be done without waiting (a full
+        queue, a batch to flush), else None: no coroutine per row."""
+        if tp.topic == self.rt.names.retry:
             delivery = Delivery.from_retry(record.value)
             delivery.origins.append((tp, record.offset))
             self.offsets.add(tp, record.offset, 1)
             self._hold(delivery)
-            return
+            return None
         planned, batched = self.plan(record, (tp, record.offset))
         self.offsets.add(tp, record.offset, len(planned) + batched)
-        for delivery in planned:
+        for i, delivery in enumerate(planned):
             if not self.offer(delivery):
-                await self.submit(delivery)
+                return self._queue_rest(planned[i:], batched)
+        return self.flush_batches() if batched else None
+
+    async def _queue_rest(self, planned: list[Delivery], batched: int) -> None:
+        for delivery in planned:
+            await self.submit(delivery)
         if batched:
             await self.flush_batches()
 
@@ -440,7 +446,9 @@ async def run_deliverer(rt: Runtime) -> None:
                 batch = await consumer.getmany(timeout_ms=200, max_records=1000)
                 for tp, records in batch.items():
                     for record in records:
-                        await deliverer.take(tp, record)
+                        waiting = deliverer.take(tp, record)
+                        if waiting is not None:
+                            await waiting
                 await deliverer.release_due()
                 await deliverer.flush_batches()
                 now = time.monotonic()

@@ -89,7 +89,7 @@ def sign_standard(secret: str, webhook_id: str, timestamp: int, body: bytes) -> 
     `timestamp` is unix seconds.
     """
     digest = _standard_digest(_standard_key(secret), webhook_id, str(timestamp), body)
-    return "v1," + base64.b64encode(digest).decode("ascii")
+    return "v1," + binascii.b2a_base64(digest, newline=False).decode("ascii")
 
 
 def new_secret() -> str:
