@@ -9,6 +9,7 @@ status, or a destination the egress policy refuses -> dead at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -72,31 +73,47 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
 
 
 async def send(http: aiohttp.ClientSession, request: Request, timeout: float) -> Attempt:
-    at = time.time()
-    clock = time.perf_counter()
+    """Make the request and classify the answer. The deliver workers inline these same
+    three steps (one coroutine level less per wake-up); this is the one-call form."""
+    started, clock = time.time(), time.perf_counter()
     try:
-        # awaited, not `async with`: one coroutine level less each time the answer wakes us
-        resp = await http.request(request.method, request.url, data=request.body,
-                                  headers=request.headers, allow_redirects=False,
-                                  timeout=_timeout(timeout))
+        resp = await start(http, request, timeout)
         try:
             head = await resp.content.read(300)
         finally:
             resp.release()
-        status = resp.status
-        outcome = classify(status)
-        if outcome == "delivered":
-            return Attempt(outcome, at, status, None, time.perf_counter() - clock)
-        text = head.decode(errors="replace")
-        wait = retry_after(resp.headers.get("Retry-After")) if outcome == "retry" else None
-        return Attempt(outcome, at, status, f"HTTP {status} {text[:200]}".strip(),
-                       time.perf_counter() - clock, wait)
-    except TimeoutError:
-        return Attempt("retry", at, None, f"no answer within {timeout:g}s",
-                       time.perf_counter() - clock)
-    except aiohttp.ClientError as exc:
-        refused = egress.explain(exc)
-        if refused is not None:
-            return Attempt("dead", at, None, refused, time.perf_counter() - clock)
-        return Attempt("retry", at, None, f"connection failed: {type(exc).__name__}",
-                       time.perf_counter() - clock)
+        return answered(resp, head, started, clock)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return not_answered(exc, timeout, started, clock)
+
+
+def start(http: aiohttp.ClientSession, request: Request, timeout: float
+          ) -> Awaitable[aiohttp.ClientResponse]:
+    """The request, to be awaited (not entered: one coroutine level less), then released."""
+    return http.request(request.method, request.url, data=request.body,
+                        headers=request.headers, allow_redirects=False,
+                        timeout=_timeout(timeout))
+
+
+def answered(resp: aiohttp.ClientResponse, head: bytes, started: float, clock: float
+             ) -> Attempt:
+    """The attempt an answer makes (`head`: the first bytes of its body)."""
+    status = resp.status
+    outcome = classify(status)
+    if outcome == "delivered":
+        return Attempt(outcome, started, status, None, time.perf_counter() - clock)
+    text = head.decode(errors="replace")
+    wait = retry_after(resp.headers.get("Retry-After")) if outcome == "retry" else None
+    return Attempt(outcome, started, status, f"HTTP {status} {text[:200]}".strip(),
+                   time.perf_counter() - clock, wait)
+
+
+def not_answered(exc: BaseException, timeout: float, started: float, clock: float) -> Attempt:
+    """The attempt a timeout or a connection failure makes."""
+    seconds = time.perf_counter() - clock
+    if isinstance(exc, TimeoutError):
+        return Attempt("retry", started, None, f"no answer within {timeout:g}s", seconds)
+    refused = egress.explain(exc)
+    if refused is not None:
+        return Attempt("dead", started, None, refused, seconds)
+    return Attempt("retry", started, None, f"connection failed: {type(exc).__name__}", seconds)
