@@ -17,7 +17,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiokafka import TopicPartition
@@ -25,10 +25,14 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from dashpipe import kafka
 from dashpipe.batcher import Record, partition_for, send_records
-from dashpipe.runtime import Runtime
+from dashpipe.metrics import Metrics
 from schemas.pipeline import Pipeline
 from schemas.records import SCHEMA_VERSION, dead_letter, header, raw_headers
 from streams.compiler import Compiled, Mapped, RowError, compile_mapping
+
+if TYPE_CHECKING:
+    from dashpipe.runtime import Runtime
+    from dashpipe.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,31 @@ class _Compiled:
     prefix: dict[str, Any]  # the fields every transformed record of the pipeline shares
 
 
+class Definitions(Protocol):
+    """What a mapper reads of the registry."""
+
+    @property
+    def pipelines(self) -> dict[str, Pipeline]: ...
+
+    def on_change(self, listener: Any) -> None: ...
+
+
+class MapContext(Protocol):
+    """What a mapper needs of a runtime (a `Runtime`, or a replay worker's smaller one)."""
+
+    @property
+    def registry(self) -> Definitions: ...
+
+    @property
+    def names(self) -> TopicNames: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+
 @dataclass
 class Mapper:
-    rt: Runtime
+    rt: MapContext
     partitions: dict[str, int]  # topic -> partition count
     _compiled: dict[str, _Compiled] = field(default_factory=dict)
     _children: dict[str, list[Pipeline]] | None = None  # parent id -> active derived pipelines
