@@ -25,7 +25,7 @@ from agents.signatures import SignatureError, verify
 from dashpipe import jsonio
 from dashpipe.api import error, json_response
 from dashpipe.batcher import BatchSender
-from dashpipe.metrics import Metrics
+from dashpipe.metrics import Labels, Metrics, labels_key
 from dashpipe.ratelimit import RateLimiter
 from dashpipe.registry import Registry
 from dashpipe.settings import WebhookSettings
@@ -47,6 +47,7 @@ class Receiver:
     # request than 16 fresh random bytes)
     ids: str = field(default_factory=lambda: os.urandom(8).hex())
     counter: Iterator[int] = field(default_factory=itertools.count)
+    labels: dict[str, Labels] = field(default_factory=dict)  # metric labels per pipeline
 
     async def handle(self, request: web.Request) -> web.Response:
         return await self.receive(request, request.match_info["pipeline_id"])
@@ -55,8 +56,8 @@ class Receiver:
         pipeline = self.registry.pipelines.get(pid)
         if pipeline is None:
             return error(404, f"pipeline {pid!r} not found")
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        limit, length = self.settings.max_body_bytes, request.content_length
+        if length is not None and length > limit:
             return self._reject(pid, 413, f"body over the {limit} byte limit")
         try:
             body = await request.read()  # stops past client_max_size (= the limit)
@@ -99,7 +100,10 @@ class Receiver:
                 self.seen.forget(dedup_key)
             return self._reject(pid, 503, "Kafka is unavailable, retry later",
                                 {"Retry-After": "5"})
-        self.metrics.inc("dashpipe_received_total", pipeline_id=pid)
+        key = self.labels.get(pid)
+        if key is None:
+            key = self.labels[pid] = labels_key(pipeline_id=pid)
+        self.metrics.add("dashpipe_received_total", key)
         return json_response({"status": "received", "pipeline_id": pid,
                               "ingest_id": ingest_id}, 202)
 

@@ -14,7 +14,6 @@ import asyncio
 import struct
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 from aiokafka import AIOKafkaProducer
@@ -53,13 +52,8 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
-@dataclass(slots=True)
-class _Item:
-    key: bytes
-    value: bytes
-    headers: Headers
-    timestamp_ms: int | None
-    done: asyncio.Future[tuple[int, int]]
+# key, value, headers, timestamp ms, and the future of the caller: a tuple, one per request
+_Item = tuple[bytes, bytes, Headers, int | None, asyncio.Future[tuple[int, int]]]
 
 
 class BatchSender:
@@ -83,7 +77,7 @@ class BatchSender:
         (A plain function returning the future: one coroutine less per record.)"""
         done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         partition = partition_for(key, self.partitions)
-        self._pending[partition].append(_Item(key, value, headers, timestamp_ms, done))
+        self._pending[partition].append((key, value, headers, timestamp_ms, done))
         if partition not in self._writers:
             self._writers[partition] = asyncio.create_task(self._drain(partition))
         return done
@@ -102,9 +96,9 @@ class BatchSender:
             batch = self.producer.create_batch()
             end = start
             while end < len(items):
-                item = items[end]
-                if batch.append(key=item.key, value=item.value, timestamp=item.timestamp_ms,
-                                headers=item.headers) is None:
+                key, value, headers, timestamp, _ = items[end]
+                if batch.append(key=key, value=value, timestamp=timestamp,
+                                headers=headers) is None:
                     break  # full: the rest goes into the next batch
                 end += 1
             if end == start:
@@ -120,15 +114,15 @@ class BatchSender:
                 _fail(items[start:end], exc)
             else:
                 for i, item in enumerate(items[start:end]):
-                    if not item.done.done():
-                        item.done.set_result((partition, meta.offset + i))
+                    if not item[4].done():
+                        item[4].set_result((partition, meta.offset + i))
             start = end
 
 
 def _fail(items: list[_Item], exc: BaseException) -> None:
-    for item in items:
-        if not item.done.done():
-            item.done.set_exception(exc)
+    for *_, done in items:
+        if not done.done():
+            done.set_exception(exc)
 
 
 Record = tuple[bytes | None, bytes, Headers, int | None]  # key, value, headers, timestamp ms

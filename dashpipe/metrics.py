@@ -34,13 +34,23 @@ HELP = {
 }
 
 
+Labels = tuple[tuple[str, str], ...]
+
+
+def labels_key(**labels: str) -> Labels:
+    return tuple(sorted(labels.items()))
+
+
 class Metrics:
     def __init__(self) -> None:
         self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
         self._sums: dict[str, dict[tuple[tuple[str, str], ...], list[float]]] = defaultdict(dict)
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        self.add(name, labels_key(**labels), amount)
+
+    def add(self, name: str, key: Labels, amount: float = 1.0) -> None:
+        """`inc` with the labels already made a key (`labels_key`): for per-request counters."""
         series = self._counters[name]
         series[key] = series.get(key, 0.0) + amount
 

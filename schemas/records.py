@@ -170,8 +170,11 @@ def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, i
         out.append(("dashpipe-url", url.encode()))
     if http_status is not None:
         out.append(("dashpipe-http-status", str(http_status).encode()))
-    out.append(("dashpipe-schema-version", str(SCHEMA_VERSION).encode()))
+    out.append(_SCHEMA_VERSION_HEADER)
     return out
+
+
+_SCHEMA_VERSION_HEADER = ("dashpipe-schema-version", str(SCHEMA_VERSION).encode())
 
 
 @lru_cache(maxsize=4)
