@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -87,6 +88,12 @@ async def migrate(pool: asyncpg.Pool, ds: DatabaseSettings) -> bool:
 
 def month_of(t: datetime) -> tuple[int, int]:
     return t.year, t.month
+
+
+def months(times: Iterable[datetime]) -> set[tuple[int, int]]:
+    """The UTC (year, month) of every time (aware datetimes; UTC ones, the usual, as they are)."""
+    return {(t.year, t.month) if t.tzinfo is UTC else month_of(t.astimezone(UTC))
+            for t in times}
 
 
 class Partitions:

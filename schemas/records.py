@@ -133,7 +133,8 @@ def header(headers: Any, name: str) -> str | None:
     """The text of header `name` of a Kafka record, or None."""
     for key, value in headers or ():
         if key == name:
-            return str(value.decode(errors="replace"))
+            text: str = value.decode("utf-8", "replace")  # positional: faster; runs per record
+            return text
     return None
 
 
