@@ -176,7 +176,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=int, default=20, help="measured wrk run per side")
     parser.add_argument("--warmup", type=int, default=3, help="wrk warm-up per side")
-    parser.add_argument("--rounds", type=int, default=2, help="bare then ours, this many times")
+    parser.add_argument("--rounds", type=int, default=3, help="bare then ours, this many times")
     parser.add_argument("--size", type=int, default=700, help="JSON body bytes")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"],
                         help="of the measured role (info: as the Procfile runs it)")
