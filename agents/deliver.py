@@ -306,7 +306,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                 if isinstance(ready, tuple):
                     request, timeout, p = ready
                     started, clock = time.time(), time.perf_counter()
-                    try:  # `sinks.send`, inlined
+                    try:
                         resp = await start(http, request, timeout)
                         try:
                             head = await resp.content.read(300)

@@ -58,7 +58,7 @@ class _Worker:
 
 
 class Workers:
-    """The worker processes of one replay: spawned first (a Python start-up is ~0.3 s of
+    """The worker processes of one replay: spawned first (a worker's start-up is ~0.2 s of
     CPU, spent while the parent finds the range), given the job once the range is known."""
 
     def __init__(self) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agents.sinks.base import Attempt, Build, Request, answered, not_answered, send, start
+from agents.sinks.base import Attempt, Build, Request, answered, not_answered, start
 from agents.sinks.http_api import http_api_request
 from agents.sinks.webhook import webhook_request
 
 SINKS: dict[str, Build] = {"webhook": webhook_request, "http_api": http_api_request}
 
-__all__ = ["SINKS", "Attempt", "Build", "Request", "answered", "not_answered", "send", "start"]
+__all__ = ["SINKS", "Attempt", "Build", "Request", "answered", "not_answered", "start"]

@@ -1,5 +1,7 @@
-"""The sink contract: an adapter turns rows into one HTTP request; `send` makes it and
-classifies the answer. Adapters differ only in the request they build.
+"""The sink contract: an adapter turns rows into one HTTP request; `start` makes it, and
+`answered` / `not_answered` classify what came of it (the deliver worker calls the three in a
+row, in its own coroutine: see `agents.deliver`). Adapters differ only in the request they
+build.
 
 Outcomes: 2xx within the timeout -> delivered; 408, 429, 5xx, timeouts and connection
 failures -> retry (honouring `Retry-After`); 410 -> gone (the sink is disabled); any other
@@ -72,24 +74,10 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds)
 
 
-async def send(http: aiohttp.ClientSession, request: Request, timeout: float) -> Attempt:
-    """Make the request and classify the answer. The deliver workers inline these same
-    three steps (one coroutine level less per wake-up); this is the one-call form."""
-    started, clock = time.time(), time.perf_counter()
-    try:
-        resp = await start(http, request, timeout)
-        try:
-            head = await resp.content.read(300)
-        finally:
-            resp.release()
-        return answered(resp, head, started, clock)
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        return not_answered(exc, timeout, started, clock)
-
-
 def start(http: aiohttp.ClientSession, request: Request, timeout: float
           ) -> Awaitable[aiohttp.ClientResponse]:
-    """The request, to be awaited (not entered: one coroutine level less), then released."""
+    """The request, to be awaited (not entered: one coroutine level less on every wake-up),
+    then released."""
     return http.request(request.method, request.url, data=request.body,
                         headers=request.headers, allow_redirects=False,
                         timeout=_timeout(timeout))
