@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -23,7 +22,6 @@ from dashpipe.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # every pipeline id (schemas.pipeline)
 Fast = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
 
@@ -31,22 +29,24 @@ class Runner(web.AppRunner):
     """An `AppRunner` whose server hands `POST /webhooks/<id>` straight to the receiver,
     past aiohttp's router and the application's handler: ~4 us of the ~50 us of CPU a webhook
     costs (bench/bench_webhook.py, profiled). Every other request, and a webhook that needs the
-    full path (an `Expect` header, a query string, an id no pipeline can have), goes the
-    usual way, which also serves `/webhooks/{id}` (same handler). `AppRunner` builds its
+    full path (an `Expect` header, a query string, an id that is not a pipeline's, which a
+    path with anything but the id is not), goes the usual way, which also serves
+    `/webhooks/{id}` (same handler). `AppRunner` builds its
     server with `Application._handle` as `Server.request_handler`; this wraps it."""
 
-    def __init__(self, app: web.Application, fast: Fast) -> None:
+    def __init__(self, app: web.Application, fast: Fast, pipelines: Mapping[str, object]
+                 ) -> None:
         super().__init__(app, access_log=None)
-        self._fast = fast
+        self._fast, self._pipelines = fast, pipelines
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        usual, fast = server.request_handler, self._fast
+        usual, fast, pipelines = server.request_handler, self._fast, self._pipelines
 
         async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
             path = request.raw_path
             if path.startswith("/webhooks/") and request.method == "POST" and \
-                    PLAIN_ID.fullmatch(path, 10) and "Expect" not in request.headers:
+                    path[10:] in pipelines and "Expect" not in request.headers:
                 return await fast(request, path[10:])  # type: ignore[arg-type]
             return await usual(request)
 
@@ -102,7 +102,7 @@ async def run_web(rt: Runtime) -> None:
                   asyncio.create_task(hub.run(), name="live rows")]
     await asyncio.wait_for(hub.ready.wait(), 60)
     app, receiver = make_app(rt, sender, board)
-    runner = Runner(app, receiver.receive)
+    runner = Runner(app, receiver.receive, rt.registry.pipelines)
     await runner.setup()
     site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)
     await site.start()
