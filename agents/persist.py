@@ -37,9 +37,9 @@ from schemas.records import dead_letter, header
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]  # in db.COLUMNS order
-# SQLSTATE classes of a refusal that is about the row itself (retrying cannot help)
 COMMIT_SECONDS = 1.0  # offsets are committed at most this often while rows keep coming
 YIELD_EVERY = 250  # records converted between two turns of the event loop (~2 ms)
+# SQLSTATE classes of a refusal that is about the row itself (retrying cannot help)
 ROW_CLASSES = {"22": "data exception", "23": "integrity constraint violation",
                "54": "program limit exceeded"}
 _UPSERT = (
@@ -241,7 +241,7 @@ Batch = dict[Any, list[Any]]
 
 async def _consume(rt: Runtime, consumer: Any, persister: Persister, max_rows: int) -> None:
     """Fetch and convert the next batch while the previous one is being stored: one batch in
-    flight, offsets committed in order once each is stored."""
+    flight; offsets of stored batches committed in order (`Persister.commit`)."""
     pending: asyncio.Task[None] | None = None
     carry: Batch = {}  # fetched while waiting for a write (after the partitions resumed)
     try:

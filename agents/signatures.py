@@ -101,7 +101,7 @@ def _verify_original(secrets: Sequence[str], given: str, body: bytes) -> Verifie
     presented = given.strip().lower()
     if presented.isascii():  # compare_digest takes str only when both are ASCII
         for secret in secrets:
-            if hmac.compare_digest(hmac_sha256(_utf8(secret), body).hex(), presented):
+            if hmac.compare_digest(sign_original(secret, body), presented):
                 return Verified("original", None)
     raise SignatureError("signature does not match")
 

@@ -43,8 +43,8 @@ def labels_key(**labels: str) -> Labels:
 
 class Metrics:
     def __init__(self) -> None:
-        self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
-        self._sums: dict[str, dict[tuple[tuple[str, str], ...], list[float]]] = defaultdict(dict)
+        self._counters: dict[str, dict[Labels, float]] = defaultdict(dict)
+        self._sums: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         self.add(name, labels_key(**labels), amount)
@@ -81,7 +81,7 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def _labels(key: tuple[tuple[str, str], ...]) -> str:
+def _labels(key: Labels) -> str:
     if not key:
         return ""
     inner = ",".join(f'{k}="{_escape(v)}"' for k, v in key)
