@@ -195,6 +195,10 @@ async def test_the_api_previews_and_runs_replays_for_the_owning_team(
             assert r.status == 404  # another team's pipeline
         async with http.post(url, json={"from": "soon"}, headers=a) as r:
             assert r.status == 400 and "RFC 3339" in (await r.json())["error"]
+        for workers in (0, 9, "2", True):
+            async with http.post(url, json={"from": "0", "workers": workers}, headers=a) as r:
+                assert r.status == 400
+                assert (await r.json())["error"] == "workers: an integer from 1 to 8"
         before = await topic_size(settings, rt.names.transformed)
         async with http.post(url, json={"from": "0", "mapping": V2}, headers=a) as r:
             assert r.status == 202 and (await r.json())["mapping_version"] == 2
