@@ -67,7 +67,11 @@ def classpath(stack: StackSettings) -> str:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id; one that starts with "-" would be read as an option."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 def _write_config(home: Path, port: int, controller_port: int) -> Path:

@@ -135,22 +135,30 @@ def _process(role: str, settings: Settings, url: str, schema: str) -> subprocess
 
 async def test_kill_9_of_persist_mid_stream_duplicates_nothing(
         start_roles: Any, settings: Settings, db: asyncpg.Pool) -> None:
+    """The first half is stored; the test then holds a lock on the table so persist's next
+    write waits inside its transaction, with the second half fetched, and kills it there."""
     rt = await start_roles("map")
     await rt.service.create(persisting("many", None), ADMIN)
     url = settings.database.url.get_secret_value() if settings.database.url else ""
-    total = 4000
-    await write_raw(settings, rt.names.raw, "many",
-                    [b'{"n": %d}' % i for i in range(total)])
+    half = 2000
+    await write_raw(settings, rt.names.raw, "many", [b'{"n": %d}' % i for i in range(half)])
     first = _process("persist", settings, url, settings.database.schema_name)
     try:
-        await wait_until(lambda: _table_rows(db, 1), 60, "the first rows stored")
-        first.send_signal(signal.SIGKILL)
-        assert first.wait(10) == -signal.SIGKILL
-        stored = await count(db, "many")
-        assert stored < total, "killed too late to test anything"
+        await wait_until(lambda: _equals(count(db, "many"), half), 60, "the first half stored")
+        async with db.acquire() as holder:
+            gate = holder.transaction()
+            await gate.start()
+            await holder.execute("LOCK TABLE pipeline_data IN EXCLUSIVE MODE")
+            await write_raw(settings, rt.names.raw, "many",
+                            [b'{"n": %d}' % i for i in range(half, 2 * half)])
+            await wait_until(lambda: _write_waiting(db), 60, "persist's write waiting on the lock")
+            first.send_signal(signal.SIGKILL)
+            assert first.wait(10) == -signal.SIGKILL
+            await gate.rollback()
+        assert await count(db, "many") == half
         second = _process("persist", settings, url, settings.database.schema_name)
         try:
-            await wait_until(lambda: _equals(count(db, "many"), total), 90, "every row")
+            await wait_until(lambda: _equals(count(db, "many"), 2 * half), 90, "every row")
         finally:
             second.kill()
             second.wait()
@@ -159,12 +167,12 @@ async def test_kill_9_of_persist_mid_stream_duplicates_nothing(
         first.wait()
     distinct = await db.fetchval("SELECT count(DISTINCT (raw_partition, raw_offset, row_index))"
                                  " FROM pipeline_data")
-    assert distinct == total == await count(db, "many")
+    assert distinct == 2 * half == await count(db, "many")
 
 
-async def _table_rows(db: asyncpg.Pool, at_least: int) -> bool:
-    return await table_exists(db) and await db.fetchval(
-        "SELECT count(*) FROM pipeline_data") >= at_least
+async def _write_waiting(db: asyncpg.Pool) -> bool:
+    return bool(await db.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"
+                                  " AND relation = 'pipeline_data'::regclass"))
 
 
 def dashpipe(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -89,3 +89,12 @@ def test_cli_error_is_one_line_without_traceback(monkeypatch: pytest.MonkeyPatch
     err = capsys.readouterr().err
     assert err.startswith("dashpipe: error: unknown role 'nonsense'")
     assert "Traceback" not in err
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+    ids = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x04" + bytes(15))])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(ids))
+    found = kafka._cluster_id()
+    assert found == "BAAAAAAAAAAAAAAAAAAAAA"
+    assert len(found) == 22
