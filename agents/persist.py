@@ -1,11 +1,13 @@
 """Role `persist`: transformed rows of pipelines with `persist_data` into `pipeline_data`.
 Consumer group `<prefix>-persist` on the transformed topic.
 
-Per `getmany` batch, one transaction: a plain COPY into the table (the fast path, for rows
-never stored before); if any row exists already (a replay, an overlapping poll, a repeat after
-a crash) the transaction rolls back and the batch goes through a staging table and
-`INSERT ... ON CONFLICT (pipeline_id, row_key, time) DO UPDATE` instead, so a row is stored once
-and a later version replaces it. Offsets are committed only after the transaction commits.
+Per batch, one transaction: a plain COPY into the table (the fast path, for rows never stored
+before; one statement, so its own transaction); if any row exists already (a replay, an
+overlapping poll, a repeat after a crash) the COPY fails as a whole and the batch goes through
+a staging table and `INSERT ... ON CONFLICT (pipeline_id, row_key, time) DO UPDATE` instead, so
+a row is stored once and a later version replaces it. Offsets are committed only after the
+transaction commits. A batch is what arrived while the previous one was being written (up to
+`persist_batch_rows`), converted as it arrives (`_collect`).
 
 Database unavailable (down, refusing connections, timing out): the partitions are paused (the
 consumer keeps polling, so it stays in its group), the write retries with backoff, nothing is
@@ -17,6 +19,7 @@ with its SQLSTATE and class, while the rest of the batch lands.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -32,13 +35,15 @@ from aiokafka.errors import CommitFailedError
 from dashpipe import db, kafka
 from dashpipe.batcher import partition_for, send_records
 from dashpipe.runtime import Runtime
-from schemas.records import dead_letter, header
+from schemas.records import dead_letter
 
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]  # in db.COLUMNS order
+Batch = dict[Any, list[Any]]  # records per partition, as getmany answers
+PIPELINE_HEADER = "dashpipe-pipeline-id"
 COMMIT_SECONDS = 1.0  # offsets are committed at most this often while rows keep coming
-YIELD_EVERY = 250  # records converted between two turns of the event loop (~2 ms)
+YIELD_EVERY = 250  # records converted between two turns of the event loop (~1 ms)
 # SQLSTATE classes of a refusal that is about the row itself (retrying cannot help)
 ROW_CLASSES = {"22": "data exception", "23": "integrity constraint violation",
                "54": "program limit exceeded"}
@@ -108,14 +113,15 @@ class Writer:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
                 if not self.hypertable:
                     await self.partitions.ensure(conn, db.months(r[0] for r in rows))
-                try:
-                    async with conn.transaction():
-                        await conn.copy_records_to_table("pipeline_data", records=rows,
-                                                         columns=db.COLUMNS)
+                try:  # one statement, so its own transaction: no BEGIN and COMMIT round trips
+                    await conn.copy_records_to_table("pipeline_data", records=rows,
+                                                     columns=db.COLUMNS)
                 except asyncpg.UniqueViolationError:  # some rows exist: upsert the batch
+                    latest = {identity(row): row for row in rows}  # the last of each identity
                     async with conn.transaction():
                         await conn.execute(_STAGING)
-                        await conn.copy_records_to_table("dashpipe_staging", records=rows,
+                        await conn.copy_records_to_table("dashpipe_staging",
+                                                         records=latest.values(),
                                                          columns=db.COLUMNS)
                         await conn.execute(_UPSERT)
         except asyncpg.PostgresError as exc:
@@ -133,6 +139,10 @@ class Persister:
     dlq_partitions: int
     stored: dict[Any, int] = field(default_factory=dict)  # offsets whose rows are committed
     committed_at: float = 0.0
+    _persisting: dict[bytes | None, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rt.registry.on_change(lambda *_: self._persisting.clear())
 
     async def commit(self, consumer: Any) -> None:
         """Commit the offsets of the rows stored so far (at most every `COMMIT_SECONDS`
@@ -151,43 +161,46 @@ class Persister:
         except CommitFailedError as exc:  # rebalanced: the new owner repeats it
             log.warning("persist: offsets not committed (%s); rows repeat as updates", exc)
 
-    async def rows(self, batch: dict[Any, list[Any]]
-                   ) -> tuple[list[Row], dict[tuple[str, str, datetime], Any]]:
-        """The rows to store (pipelines with `persist_data`), the last per identity; and each
-        row's Kafka record, for dead letters.
+    def persisting(self, pipeline_id: bytes | None) -> bool:
+        """Whether the pipeline of this header value has `persist_data` (cached per value,
+        cleared on every registry change: this runs per record)."""
+        known = self._persisting.get(pipeline_id)
+        if known is None:
+            p = self.rt.registry.pipelines.get(pipeline_id.decode("utf-8", "replace")) \
+                if pipeline_id is not None else None
+            known = self._persisting[pipeline_id] = p is not None and p.persist_data
+        return known
 
-        Converted in slices, giving the event loop a turn after each: the previous batch's
-        write runs meanwhile (its COPY and COMMIT each wait for an answer, acted on only when
-        the loop gets a turn). Converted in one go, ~20 ms of Python per 5,000 rows held each
-        step of that write back (bench/bench_persist.py: 0.41 of the bare loop then, ~0.6
-        with the slices and the commits below)."""
-        pipelines = self.rt.registry.pipelines
-        out: dict[tuple[str, str, datetime], Row] = {}
-        source: dict[tuple[str, str, datetime], Any] = {}
-        done = 0
+    def convert(self, records: list[Any], out: list[Row]) -> None:
+        """Append the rows of these records (pipelines with `persist_data`) to `out`."""
+        persisting, cached = self.persisting, self._persisting
+        for record in records:
+            hs = record.headers  # the pipeline id is the first header, as the mapper writes
+            pid = hs[0][1] if hs and hs[0][0] == PIPELINE_HEADER else _pipeline_of(hs)
+            keep = cached.get(pid)
+            if not (persisting(pid) if keep is None else keep):
+                continue
+            try:
+                row = to_row(record.value)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("persist: unreadable transformed record at %s@%s: %s",
+                            record.partition, record.offset, type(exc).__name__)
+                self.rt.metrics.inc("dashpipe_persist_unreadable_total")
+                continue
+            out.append(row)
+
+    async def dead_letters(self, refused: list[tuple[Row, str, str]], batch: Batch) -> None:
+        wanted = {identity(row) for row, _, _ in refused}
+        source: dict[tuple[str, str, datetime], Any] = {}  # each refused row's record
         for records in batch.values():
             for record in records:
-                done += 1
-                if done % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-                pid = header(record.headers, "dashpipe-pipeline-id")
-                p = pipelines.get(pid) if pid is not None else None
-                if p is None or not p.persist_data:
+                if not self.persisting(_pipeline_of(record.headers)):
                     continue
-                try:
-                    row = to_row(record.value)
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    log.warning("persist: unreadable transformed record at %s@%s: %s",
-                                record.partition, record.offset, type(exc).__name__)
-                    self.rt.metrics.inc("dashpipe_persist_unreadable_total")
-                    continue
-                ident = row[2], row[3], row[0]  # identity(row), inlined: runs per row
-                out[ident] = row  # a later row of the same identity replaces an earlier one
-                source[ident] = record
-        return list(out.values()), source
-
-    async def dead_letters(self, refused: list[tuple[Row, str, str]],
-                           source: dict[tuple[str, str, datetime], Any]) -> None:
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError,
+                                         ValueError):
+                    ident = identity(to_row(record.value))
+                    if ident in wanted:
+                        source[ident] = record
         dlq = self.rt.names.dlq
         out: dict[tuple[str, int], list[Any]] = {}
         for row, code, message in refused:
@@ -201,6 +214,13 @@ class Persister:
                 (key, value, headers, None))
             self.rt.metrics.inc("dashpipe_persist_dead_letters_total", pipeline_id=row[2])
         await send_records(self.rt.writer.producer, out)
+
+
+def _pipeline_of(headers: Any) -> bytes | None:
+    for key, value in headers or ():
+        if key == PIPELINE_HEADER:
+            return value  # type: ignore[no-any-return]
+    return None
 
 
 class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -236,50 +256,68 @@ async def run_persist(rt: Runtime) -> None:
         await asyncio.wait_for(pool.close(), 10)
 
 
-Batch = dict[Any, list[Any]]
-
 
 async def _consume(rt: Runtime, consumer: Any, persister: Persister, max_rows: int) -> None:
-    """Fetch and convert the next batch while the previous one is being stored: one batch in
+    """Collect and convert the next batch while the previous one is being stored: one batch in
     flight; offsets of stored batches committed in order (`Persister.commit`)."""
     pending: asyncio.Task[None] | None = None
     carry: Batch = {}  # fetched while waiting for a write (after the partitions resumed)
     try:
         while True:
-            batch = _merge(carry, await _fetch(consumer, max_rows))
+            batch, rows = await _collect(consumer, persister, max_rows, pending, carry)
             carry = {}
-            if not batch:
+            if not batch:  # nothing new for a while
                 if pending is not None and pending.done():
                     pending.result()  # surface a failure
                     await persister.commit(consumer)  # idle: what is stored, committed now
                 continue
-            rows, source = await persister.rows(batch)
             if pending is not None:
                 carry = await _wait_polling(consumer, pending, persister.writer)
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
-            pending = asyncio.create_task(_store(rt, consumer, persister, rows, source,
+            pending = asyncio.create_task(_store(rt, consumer, persister, rows, batch,
                                                  offsets))
-            await asyncio.sleep(0)  # the write starts now, not after the next conversion
+            await asyncio.sleep(0)  # the write starts now
     finally:
         if pending is not None:
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
 
 
-async def _fetch(consumer: Any, max_rows: int) -> Batch:
-    """Up to `max_rows` records, taken from the consumer in slices with a turn of the event
-    loop between them (decoding is Python too: see `Persister.rows`)."""
-    batch: Batch = await consumer.getmany(timeout_ms=500, max_records=min(YIELD_EVERY, max_rows))
-    got = sum(len(recs) for recs in batch.values())
+async def _collect(consumer: Any, persister: Persister, max_rows: int,
+                   pending: asyncio.Task[None] | None, carry: Batch) -> tuple[Batch, list[Row]]:
+    """The next batch and its rows, converted as the records arrive. The batch closes as soon
+    as it holds something and no write is in flight (or at `max_rows` records): a batch is what
+    arrived during the previous write, small when rows trickle in, `max_rows` under load,
+    and the database rarely waits for a conversion (bench/bench_persist.py: 0.72 of the bare
+    loop when a batch was fetched, then converted, and cut short whenever the consumer's
+    buffer ran dry; 0.83 with this and the COPY as its own transaction).
+
+    Taken in slices of `YIELD_EVERY` with a turn of the event loop after each: the write in
+    flight runs meanwhile (its COPY and COMMIT each wait for an answer, acted on only when the
+    loop gets a turn). Returns ({}, []) after half a second without records."""
+    batch: Batch = {}
+    out: list[Row] = []
+    got = 0
+    for tp, recs in carry.items():
+        batch[tp] = list(recs)
+        persister.convert(recs, out)
+        got += len(recs)
     while got < max_rows:
-        await asyncio.sleep(0)
-        more = await consumer.getmany(timeout_ms=0, max_records=min(YIELD_EVERY, max_rows - got))
-        if not more:
+        idle = pending is None or pending.done()
+        if idle and got:
             break
+        more = await consumer.getmany(timeout_ms=500 if idle else 5,
+                                      max_records=min(YIELD_EVERY, max_rows - got))
+        if not more:
+            if idle:
+                break
+            continue
         for tp, recs in more.items():
             batch.setdefault(tp, []).extend(recs)
+            persister.convert(recs, out)
             got += len(recs)
-    return batch
+        await asyncio.sleep(0)
+    return batch, out
 
 
 def _merge(first: Batch, then: Batch) -> Batch:
@@ -292,10 +330,10 @@ def _merge(first: Batch, then: Batch) -> Batch:
 
 
 async def _store(rt: Runtime, consumer: Any, persister: Persister, rows: list[Row],
-                 source: dict[tuple[str, str, datetime], Any], offsets: dict[Any, int]) -> None:
+                 batch: Batch, offsets: dict[Any, int]) -> None:
     refused = await _write_until_stored(persister.writer, rows, rt)
     if refused:
-        await persister.dead_letters(refused, source)
+        await persister.dead_letters(refused, batch)
     persister.stored.update(offsets)
     if time.monotonic() - persister.committed_at >= COMMIT_SECONDS:
         await persister.commit(consumer)

@@ -42,10 +42,13 @@ def make_app(settings: Settings, bootstrap: str, roles: list[str]) -> faust.App:
         try:
             async with open_runtime(settings, bootstrap) as rt:
                 gc.freeze()  # start-up objects live forever: keep them out of every collection
-                # young collections every 20,000 allocations instead of 700: a request or a
-                # record allocates dozens of objects that refcounting frees anyway; ~1 us less
-                # per webhook (bench_webhook.py), memory unchanged
-                gc.set_threshold(20_000, 10, 10)
+                # a young collection when 100,000 more container objects live than at the
+                # last one, instead of 700: a request or a record allocates dozens that
+                # refcounting frees anyway, and a consumer batch of 5,000 records holds
+                # ~25,000 until it is stored. At 20,000, persist ran one 7 ms collection per
+                # batch, ~1.2 us per row (bench_persist.py: 0.58 -> 0.7); ~1 us less per
+                # webhook than the default (bench_webhook.py), memory unchanged
+                gc.set_threshold(100_000, 10, 10)
                 await run_roles(rt, roles)
         except Exception as exc:
             log.error("dashpipe stopped: %s", exc)

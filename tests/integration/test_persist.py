@@ -136,7 +136,9 @@ def _process(role: str, settings: Settings, url: str, schema: str) -> subprocess
 async def test_kill_9_of_persist_mid_stream_duplicates_nothing(
         start_roles: Any, settings: Settings, db: asyncpg.Pool) -> None:
     """The first half is stored; the test then holds a lock on the table so persist's next
-    write waits inside its transaction, with the second half fetched, and kills it there."""
+    write waits in the database, with the second half fetched, and kills it there (its
+    database session too). The restarted process must store the second half: offsets
+    committed before the rows would lose it."""
     rt = await start_roles("map")
     await rt.service.create(persisting("many", None), ADMIN)
     url = settings.database.url.get_secret_value() if settings.database.url else ""
@@ -154,6 +156,10 @@ async def test_kill_9_of_persist_mid_stream_duplicates_nothing(
             await wait_until(lambda: _write_waiting(db), 60, "persist's write waiting on the lock")
             first.send_signal(signal.SIGKILL)
             assert first.wait(10) == -signal.SIGKILL
+            # the COPY was sent whole, so its backend would still finish it: end it too, as a
+            # crash before the commit does
+            await holder.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE NOT "
+                                 "granted AND relation = 'pipeline_data'::regclass")
             await gate.rollback()
         assert await count(db, "many") == half
         second = _process("persist", settings, url, settings.database.schema_name)

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ from dashpipe.settings import (
 )
 from dashpipe.stack import kafka, postgres
 from dashpipe.stack import state as st
+
+
+@pytest.fixture(autouse=True)
+def _no_dashpipe_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These settings come from the arguments only, not from a shell that ran
+    `eval "$(dashpipe status --env)"`."""
+    for name in list(os.environ):
+        if name.startswith("DASHPIPE_"):
+            monkeypatch.delenv(name)
 
 
 def _settings(tmp_path: Path, **kafka_kw: str) -> Settings:
