@@ -93,11 +93,14 @@ class Writer:
     partitions: db.Partitions = field(default_factory=db.Partitions)
     unavailable: bool = False  # the last attempt found the database away
 
-    async def write(self, rows: list[Row]) -> list[tuple[Row, str, str]]:
+    async def write(self, rows: list[Row], months: set[tuple[int, int]] | None = None
+                    ) -> list[tuple[Row, str, str]]:
+        """`months`: those of the rows' times, when the caller knows them already."""
         if not rows:
             return []
         try:
-            await self._transaction(rows)
+            await self._transaction(rows, db.months(r[0] for r in rows) if months is None
+                                    else months)
             return []
         except asyncpg.PostgresError as exc:
             code = exc.sqlstate or ""
@@ -108,11 +111,11 @@ class Writer:
         half = len(rows) // 2  # one row or more is refused: find them, store the others
         return await self.write(rows[:half]) + await self.write(rows[half:])
 
-    async def _transaction(self, rows: list[Row]) -> None:
+    async def _transaction(self, rows: list[Row], months: set[tuple[int, int]]) -> None:
         try:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
                 if not self.hypertable:
-                    await self.partitions.ensure(conn, db.months(r[0] for r in rows))
+                    await self.partitions.ensure(conn, months)
                 try:  # one statement, so its own transaction: no BEGIN and COMMIT round trips
                     await conn.copy_records_to_table("pipeline_data", records=rows,
                                                      columns=db.COLUMNS)
@@ -257,120 +260,125 @@ async def run_persist(rt: Runtime) -> None:
 
 
 
+@dataclass(slots=True)
+class _Batch:
+    records: Batch = field(default_factory=dict)  # every record, for offsets and dead letters
+    rows: list[Row] = field(default_factory=list)
+    months: set[tuple[int, int]] = field(default_factory=set)
+    size: int = 0  # records
+
+
+class _Handover:
+    """The batch being collected, taken by the writer the moment it is free: a batch is what
+    arrived during the previous write (small when rows trickle in, `max_rows` under load),
+    converted as it arrived, so the next COPY starts as soon as the last one ends."""
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self.batch = _Batch()
+        self.writing = False
+        self._filled = asyncio.Event()  # the batch holds records
+        self._taken = asyncio.Event()  # the writer took the batch
+
+    @property
+    def room(self) -> int:
+        return self.max_rows - self.batch.size
+
+    def add(self, persister: Persister, more: Batch) -> None:
+        batch = self.batch
+        added = len(batch.rows)
+        for tp, recs in more.items():
+            batch.records.setdefault(tp, []).extend(recs)
+            persister.convert(recs, batch.rows)
+            batch.size += len(recs)
+        batch.months |= db.months(row[0] for row in batch.rows[added:])
+        self._filled.set()
+
+    async def take(self) -> _Batch:
+        self.writing = False
+        while not self.batch.size:
+            self._filled.clear()
+            await self._filled.wait()
+        batch, self.batch = self.batch, _Batch()
+        self.writing = True
+        self._taken.set()
+        return batch
+
+    async def wait_taken(self, timeout: float) -> None:
+        self._taken.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._taken.wait(), timeout)
+
+
 async def _consume(rt: Runtime, consumer: Any, persister: Persister, max_rows: int) -> None:
-    """Collect and convert the next batch while the previous one is being stored: one batch in
-    flight; offsets of stored batches committed in order (`Persister.commit`)."""
-    pending: asyncio.Task[None] | None = None
-    carry: Batch = {}  # fetched while waiting for a write (after the partitions resumed)
+    """Collect and convert records while the writer task stores the previous batch (one in
+    flight; offsets of stored batches committed in order, `Persister.commit`). Converted in
+    slices of `YIELD_EVERY` with a turn of the event loop after each, so the write in flight
+    moves on (its COPY needs the loop).
+
+    bench/bench_persist.py: 0.72 of the bare loop when each batch was fetched, then
+    converted, then written, and cut short whenever the consumer's buffer ran dry; ~0.83 with
+    the handover and the COPY as its own transaction.
+
+    While the database is away the partitions are paused and the consumer keeps polling (it
+    stays in its group); the batch waits for the writer, nothing is dropped."""
+    handover = _Handover(max_rows)
+    writer = asyncio.create_task(_write_loop(rt, consumer, persister, handover))
+    paused = False
     try:
         while True:
-            batch, rows = await _collect(consumer, persister, max_rows, pending, carry)
-            carry = {}
-            if not batch:  # nothing new for a while
-                if pending is not None and pending.done():
-                    pending.result()  # surface a failure
-                    await persister.commit(consumer)  # idle: what is stored, committed now
+            if writer.done():
+                writer.result()  # surface a failure
+            away = persister.writer.unavailable
+            if away != paused:
+                parts = consumer.assignment()
+                if away:
+                    log.warning("persist: database unavailable; pausing %d partitions while "
+                                "the write retries", len(parts))
+                    consumer.pause(*parts)
+                else:
+                    consumer.resume(*parts)
+                    log.info("persist: database back; partitions resumed")
+                paused = away
+            if paused:
+                more = await consumer.getmany(timeout_ms=500)  # nothing: only stays in the group
+            elif handover.room <= 0:
+                await handover.wait_taken(1.0)
                 continue
-            if pending is not None:
-                carry = await _wait_polling(consumer, pending, persister.writer)
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
-            pending = asyncio.create_task(_store(rt, consumer, persister, rows, batch,
-                                                 offsets))
-            await asyncio.sleep(0)  # the write starts now
+            else:
+                more = await consumer.getmany(timeout_ms=500,
+                                              max_records=min(YIELD_EVERY, handover.room))
+            if more:
+                handover.add(persister, more)
+                await asyncio.sleep(0)
+            elif not handover.writing and not handover.batch.size:
+                await persister.commit(consumer)  # idle: what is stored, committed now
     finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
 
 
-async def _collect(consumer: Any, persister: Persister, max_rows: int,
-                   pending: asyncio.Task[None] | None, carry: Batch) -> tuple[Batch, list[Row]]:
-    """The next batch and its rows, converted as the records arrive. The batch closes as soon
-    as it holds something and no write is in flight (or at `max_rows` records): a batch is what
-    arrived during the previous write, small when rows trickle in, `max_rows` under load,
-    and the database rarely waits for a conversion (bench/bench_persist.py: 0.72 of the bare
-    loop when a batch was fetched, then converted, and cut short whenever the consumer's
-    buffer ran dry; 0.83 with this and the COPY as its own transaction).
-
-    Taken in slices of `YIELD_EVERY` with a turn of the event loop after each: the write in
-    flight runs meanwhile (its COPY and COMMIT each wait for an answer, acted on only when the
-    loop gets a turn). Returns ({}, []) after half a second without records."""
-    batch: Batch = {}
-    out: list[Row] = []
-    got = 0
-    for tp, recs in carry.items():
-        batch[tp] = list(recs)
-        persister.convert(recs, out)
-        got += len(recs)
-    while got < max_rows:
-        idle = pending is None or pending.done()
-        if idle and got:
-            break
-        more = await consumer.getmany(timeout_ms=500 if idle else 5,
-                                      max_records=min(YIELD_EVERY, max_rows - got))
-        if not more:
-            if idle:
-                break
-            continue
-        for tp, recs in more.items():
-            batch.setdefault(tp, []).extend(recs)
-            persister.convert(recs, out)
-            got += len(recs)
-        await asyncio.sleep(0)
-    return batch, out
+async def _write_loop(rt: Runtime, consumer: Any, persister: Persister,
+                      handover: _Handover) -> None:
+    while True:
+        batch = await handover.take()
+        refused = await _write_until_stored(persister.writer, batch.rows, batch.months, rt)
+        if refused:
+            await persister.dead_letters(refused, batch.records)
+        persister.stored.update({tp: recs[-1].offset + 1 for tp, recs in batch.records.items()})
+        if time.monotonic() - persister.committed_at >= COMMIT_SECONDS:
+            await persister.commit(consumer)
+        if batch.rows:
+            rt.metrics.inc("dashpipe_persisted_total", len(batch.rows) - len(refused))
 
 
-def _merge(first: Batch, then: Batch) -> Batch:
-    if not first:
-        return then
-    out = {tp: list(recs) for tp, recs in first.items()}
-    for tp, recs in then.items():
-        out.setdefault(tp, []).extend(recs)
-    return out
-
-
-async def _store(rt: Runtime, consumer: Any, persister: Persister, rows: list[Row],
-                 batch: Batch, offsets: dict[Any, int]) -> None:
-    refused = await _write_until_stored(persister.writer, rows, rt)
-    if refused:
-        await persister.dead_letters(refused, batch)
-    persister.stored.update(offsets)
-    if time.monotonic() - persister.committed_at >= COMMIT_SECONDS:
-        await persister.commit(consumer)
-    if rows:
-        rt.metrics.inc("dashpipe_persisted_total", len(rows) - len(refused))
-
-
-async def _wait_polling(consumer: Any, pending: asyncio.Task[None], writer: Writer) -> Batch:
-    """Wait for the write in flight. While the database is away the partitions are paused and
-    the consumer keeps polling (it stays in its group); what a poll returns after they resume
-    is handed back, never dropped."""
-    paused = False
-    carry: Batch = {}
-    while not pending.done():
-        if writer.unavailable and not paused:
-            log.warning("persist: database unavailable; pausing %d partitions while the write "
-                        "retries", len(consumer.assignment()))
-            consumer.pause(*consumer.assignment())
-            paused = True
-        if paused:
-            carry = _merge(carry, await consumer.getmany(timeout_ms=500))
-        else:
-            await asyncio.wait({pending}, timeout=1.0)
-    if paused:
-        consumer.resume(*consumer.assignment())
-        log.info("persist: database back; partitions resumed")
-    pending.result()
-    return carry
-
-
-async def _write_until_stored(writer: Writer, rows: list[Row],
+async def _write_until_stored(writer: Writer, rows: list[Row], months: set[tuple[int, int]],
                               rt: Runtime) -> list[tuple[Row, str, str]]:
     """Write the rows, however long the database needs (backoff 0.5 s doubling to 15 s)."""
     delay = 0.5
     while True:
         try:
-            refused = await writer.write(rows)
+            refused = await writer.write(rows, months)
             writer.unavailable = False
             return refused
         except Unavailable:

@@ -344,7 +344,7 @@ def profiler(pid: int, out: Path | None, seconds: float, what: str = "process",
     if spy is None:
         raise RuntimeError("--profile needs py-spy (pip install py-spy)")
     cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-d",
-           str(max(1, round(seconds))), "-r", "200", *(["--idle"] * idle),
+           str(max(1, round(seconds))), "-r", os.environ.get("PYSPY_RATE", "200"), *(["--idle"] * idle),
            *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"])]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
