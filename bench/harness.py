@@ -336,7 +336,8 @@ def record_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
 def profiler(pid: int, out: Path | None, seconds: float, what: str = "process",
              idle: bool = False) -> Iterator[None]:
     """`py-spy record -f raw` on `pid` for `seconds` (nothing when `out` is None); `idle`
-    also samples the time the process waits."""
+    also samples the time the process waits. Environment: `PYSPY_RATE` samples per second
+    (200), `PYSPY_NATIVE=1` adds the C frames."""
     if out is None:
         yield
         return
@@ -344,7 +345,8 @@ def profiler(pid: int, out: Path | None, seconds: float, what: str = "process",
     if spy is None:
         raise RuntimeError("--profile needs py-spy (pip install py-spy)")
     cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-d",
-           str(max(1, round(seconds))), "-r", os.environ.get("PYSPY_RATE", "200"), *(["--idle"] * idle),
+           str(max(1, round(seconds))), "-r", os.environ.get("PYSPY_RATE", "200"),
+           *(["--idle"] * idle),
            *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"])]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
