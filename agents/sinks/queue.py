@@ -47,6 +47,10 @@ class SinkQueue(Generic[T]):
                 self._room = asyncio.get_running_loop().create_future()
             await self._room
 
+    def get_nowait(self) -> T | None:
+        """The next item without a coroutine, or None when the queue is empty."""
+        return self._take() if self._items else None
+
     async def get(self) -> T:
         while not self._items:
             getter = asyncio.get_running_loop().create_future()
@@ -57,6 +61,9 @@ class SinkQueue(Generic[T]):
                 if getter.done() and not getter.cancelled():
                     self._wake()  # woken, then cancelled: the wake-up goes to the next worker
                 raise
+        return self._take()
+
+    def _take(self) -> T:
         item = self._items.popleft()
         room = self._room
         if room is not None and not room.done() and len(self._items) <= self.limit // 2:

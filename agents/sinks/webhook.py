@@ -32,11 +32,10 @@ def webhook_request(config: WebhookSink, rows: list[dict[str, Any]], msg_id: str
     """`body`: the row's JSON as read from the topic, when there is one row (saves a dump)."""
     if body is None or len(rows) != 1:
         body = orjson.dumps(rows[0] if len(rows) == 1 else rows)
-    headers = _fixed_headers(config).copy()
     if config.signing == "standard":
-        headers.update({"webhook-id": msg_id, "webhook-timestamp": str(now),
-                        "webhook-signature": sign_standard(config.secret, msg_id, now, body)})
+        headers = {**_fixed_headers(config), "webhook-id": msg_id, "webhook-timestamp": str(now),
+                   "webhook-signature": sign_standard(config.secret, msg_id, now, body)}
     else:
-        headers.update({ORIGINAL_HEADER: sign_original(config.secret, body),
-                        "x-webhook-id": msg_id})
+        headers = {**_fixed_headers(config), ORIGINAL_HEADER: sign_original(config.secret, body),
+                   "x-webhook-id": msg_id}
     return Request("POST", config.url, headers, body)

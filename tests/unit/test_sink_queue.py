@@ -45,3 +45,18 @@ async def test_a_woken_then_cancelled_worker_passes_the_row_on() -> None:
     q.put_nowait(7)  # wakes `first`...
     first.cancel()  # ...which is cancelled before it runs
     assert await asyncio.wait_for(second, 1) == 7
+
+
+async def test_get_nowait_takes_in_order_and_wakes_the_producer_at_half() -> None:
+    q: SinkQueue[int] = SinkQueue(4)
+    assert q.get_nowait() is None
+    for i in range(4):
+        q.put_nowait(i)
+    room = asyncio.create_task(q.room())
+    await asyncio.sleep(0)
+    assert q.get_nowait() == 0
+    await asyncio.sleep(0)
+    assert not room.done()  # 3 left: not yet half
+    assert q.get_nowait() == 1
+    await asyncio.wait_for(room, 1)
+    assert [q.get_nowait(), q.get_nowait(), q.get_nowait()] == [2, 3, None]
