@@ -7,7 +7,7 @@ overlapping poll, a repeat after a crash) the COPY fails as a whole and the batc
 a staging table and `INSERT ... ON CONFLICT (pipeline_id, row_key, time) DO UPDATE` instead, so
 a row is stored once and a later version replaces it. Offsets are committed only after the
 transaction commits. A batch is what arrived while the previous one was being written (up to
-`persist_batch_rows`), converted as it arrives (`_collect`).
+`persist_batch_rows`), converted as it arrives (`_Handover`).
 
 Database unavailable (down, refusing connections, timing out): the partitions are paused (the
 consumer keeps polling, so it stays in its group), the write retries with backoff, nothing is
@@ -259,7 +259,6 @@ async def run_persist(rt: Runtime) -> None:
         await asyncio.wait_for(pool.close(), 10)
 
 
-
 @dataclass(slots=True)
 class _Batch:
     records: Batch = field(default_factory=dict)  # every record, for offsets and dead letters
@@ -317,7 +316,7 @@ async def _consume(rt: Runtime, consumer: Any, persister: Persister, max_rows: i
     moves on (its COPY needs the loop).
 
     bench/bench_persist.py: 0.72 of the bare loop when each batch was fetched, then
-    converted, then written, and cut short whenever the consumer's buffer ran dry; ~0.83 with
+    converted, then written, and cut short whenever the consumer's buffer ran dry; ~0.85 with
     the handover and the COPY as its own transaction.
 
     While the database is away the partitions are paused and the consumer keeps polling (it
