@@ -39,12 +39,11 @@ from dashpipe import kafka
 from dashpipe.batcher import BatchSender
 from dashpipe.runtime import Runtime
 from schemas.pipeline import HttpApiSink, Pipeline, SinkStatus
-from schemas.records import SCHEMA_VERSION, dead_letter, header
+from schemas.records import SCHEMA_VERSION, dead_letter, pipeline_id_header
 
 log = logging.getLogger(__name__)
 
 Origin = tuple[TopicPartition, int]
-PIPELINE_HEADER = "dashpipe-pipeline-id"
 # records taken from the consumer at a time. aiokafka sends no new fetch to a broker while
 # records it fetched earlier wait unconsumed (up to 100 ms), so the sink queues ran dry behind
 # records still sitting in its buffer: taking 5,000 instead of 1,000 at a time kept the role
@@ -200,10 +199,8 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def plan(self, record: Any, origin: Origin) -> tuple[list[Delivery], int]:
         """The deliveries of one row, and how many batches it joined instead."""
-        hs = record.headers  # the pipeline id is the first header, as the mapper writes
-        pid = hs[0][1].decode() if hs and hs[0][0] == PIPELINE_HEADER else \
-            header(hs, PIPELINE_HEADER)
-        p = self.rt.registry.pipelines.get(pid) if pid else None
+        raw = pipeline_id_header(record.headers)
+        p = self.rt.registry.pipelines.get(raw.decode("utf-8", "replace")) if raw else None
         if p is None or not p.sinks or record.value is None:
             return [], 0
         row = orjson.loads(record.value)

@@ -35,13 +35,12 @@ from aiokafka.errors import CommitFailedError
 from dashpipe import db, kafka
 from dashpipe.batcher import partition_for, send_records
 from dashpipe.runtime import Runtime
-from schemas.records import dead_letter
+from schemas.records import dead_letter, pipeline_id_header
 
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]  # in db.COLUMNS order
 Batch = dict[Any, list[Any]]  # records per partition, as getmany answers
-PIPELINE_HEADER = "dashpipe-pipeline-id"
 COMMIT_SECONDS = 1.0  # offsets are committed at most this often while rows keep coming
 YIELD_EVERY = 250  # records converted between two turns of the event loop (~1 ms)
 # SQLSTATE classes of a refusal that is about the row itself (retrying cannot help)
@@ -178,8 +177,7 @@ class Persister:
         """Append the rows of these records (pipelines with `persist_data`) to `out`."""
         persisting, cached = self.persisting, self._persisting
         for record in records:
-            hs = record.headers  # the pipeline id is the first header, as the mapper writes
-            pid = hs[0][1] if hs and hs[0][0] == PIPELINE_HEADER else _pipeline_of(hs)
+            pid = pipeline_id_header(record.headers)
             keep = cached.get(pid)
             if not (persisting(pid) if keep is None else keep):
                 continue
@@ -197,7 +195,7 @@ class Persister:
         source: dict[tuple[str, str, datetime], Any] = {}  # each refused row's record
         for records in batch.values():
             for record in records:
-                if not self.persisting(_pipeline_of(record.headers)):
+                if not self.persisting(pipeline_id_header(record.headers)):
                     continue
                 with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError,
                                          ValueError):
@@ -217,13 +215,6 @@ class Persister:
                 (key, value, headers, None))
             self.rt.metrics.inc("dashpipe_persist_dead_letters_total", pipeline_id=row[2])
         await send_records(self.rt.writer.producer, out)
-
-
-def _pipeline_of(headers: Any) -> bytes | None:
-    for key, value in headers or ():
-        if key == PIPELINE_HEADER:
-            return value  # type: ignore[no-any-return]
-    return None
 
 
 class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -129,6 +129,20 @@ class DeadLetterResolution(_Record):
     schema_version: int = SCHEMA_VERSION
 
 
+PIPELINE_ID_HEADER = "dashpipe-pipeline-id"
+
+
+def pipeline_id_header(headers: Any) -> bytes | None:
+    """The raw `dashpipe-pipeline-id` header of a Kafka record, or None. dashpipe writes it
+    first, so the first header is checked before the others (this runs per record)."""
+    if headers and headers[0][0] == PIPELINE_ID_HEADER:
+        return headers[0][1]  # type: ignore[no-any-return]
+    for key, value in headers or ():
+        if key == PIPELINE_ID_HEADER:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
 def header(headers: Any, name: str) -> str | None:
     """The text of header `name` of a Kafka record, or None."""
     for key, value in headers or ():

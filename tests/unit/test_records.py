@@ -5,7 +5,13 @@ from pydantic import ValidationError
 
 from schemas import export
 from schemas.pipeline import Pipeline
-from schemas.records import DeadLetter, Lineage, RawMetadata, TransformedRecord
+from schemas.records import (
+    DeadLetter,
+    Lineage,
+    RawMetadata,
+    TransformedRecord,
+    pipeline_id_header,
+)
 
 
 def test_raw_metadata_round_trips_through_headers() -> None:
@@ -75,3 +81,10 @@ def test_our_murmur2_is_kafkas() -> None:
         assert murmur2(key) == reference(key), key
     # the partitions Kafka's Java client gives these keys with 6 partitions
     assert partition_for(b"quakes", 6) == (reference(b"quakes") & 0x7FFFFFFF) % 6
+
+
+def test_pipeline_id_header_is_found_first_or_later_and_none_without_it() -> None:
+    assert pipeline_id_header([("dashpipe-pipeline-id", b"p1"), ("x", b"y")]) == b"p1"
+    assert pipeline_id_header((("x", b"y"), ("dashpipe-pipeline-id", b"p2"))) == b"p2"
+    assert pipeline_id_header([("x", b"y")]) is None
+    assert pipeline_id_header(None) is None and pipeline_id_header(()) is None
