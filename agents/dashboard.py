@@ -4,7 +4,7 @@ history, and the page at `/`. Every route is team-scoped through `api.guarded`."
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +27,7 @@ class Dashboard:
     rt: Runtime
     hub: push.Hub
     pool: asyncpg.Pool | None = None
-    hypertable: bool = False
+    storage: db.Storage = field(default_factory=db.Storage)
 
     def routes(self) -> list[api.Route]:
         return [("GET", "/pipelines/{id}/events", self.events),
@@ -66,7 +66,7 @@ class Dashboard:
             return api.error(400, str(exc))
         ds = self.rt.settings.database
         try:
-            points = await history.series(self.pool, self.hypertable, p.id, q,
+            points = await history.series(self.pool, self.storage, p.id, q,
                                           ds.acquire_timeout_seconds)
         except asyncpg.UndefinedTableError:
             points = []  # nothing persisted yet
@@ -85,18 +85,18 @@ async def page(request: web.Request) -> web.FileResponse:
                                            "X-Content-Type-Options": "nosniff"})
 
 
-async def open_database(rt: Runtime) -> tuple[asyncpg.Pool | None, bool]:
+async def open_database(rt: Runtime) -> tuple[asyncpg.Pool | None, db.Storage]:
     """The read pool of the data API, or None when no database is configured or reachable
     (the API then answers 503; the rest of the web role works)."""
     ds = rt.settings.database
     if ds.url is None:
-        return None, False
+        return None, db.Storage()
     try:
         pool = await db.create_pool(ds)
         async with pool.acquire(timeout=ds.acquire_timeout_seconds) as conn:
-            hyper = await db.timescaledb(conn)
-        return pool, hyper
+            found = await db.storage(conn, ds.schema_name)
+        return pool, found
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         log.warning("web: database unavailable (%s); the data API answers 503",
                     type(exc).__name__)
-        return None, False
+        return None, db.Storage()

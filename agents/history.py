@@ -3,7 +3,7 @@
 `from` / `to` (RFC 3339; default the last hour), `fields` (comma-separated; default the
 mapping's integer and float fields), `bucket` (`10s`, `1m`, `5m`, `1h`, `1d`, ...; default
 `1m`), `agg` (`avg`, `min`, `max`, `count`, `last`; default `avg`). `time_bucket` on
-TimescaleDB, `date_bin` otherwise: the same buckets (aligned to 2000-01-01 UTC, a Monday, as
+TimescaleDB, `date_bin` otherwise: the same buckets (aligned to 2000-01-03 UTC, a Monday, as
 `time_bucket` aligns them). avg/min/max read numbers only; count counts non-null values; last
 is the value of the latest row that has the field. Limits: a range of at most
 `MAX_RANGE`, at most `MAX_POINTS` buckets, at most `MAX_FIELDS` fields; anything else is a 400
@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from dashpipe import db
 from schemas.mapping import FIELD_NAME
 from schemas.pipeline import Pipeline
 
@@ -29,7 +30,7 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_RANGE = timedelta(days=366)
 MAX_POINTS = 10_000
 MAX_FIELDS = 20
-ORIGIN = "2000-01-01T00:00:00Z"
+ORIGIN = "2000-01-03T00:00:00Z"  # time_bucket's default origin, a Monday
 
 
 class BadQuery(ValueError):
@@ -103,18 +104,18 @@ def _column(agg: str, n: int) -> str:
     return f"{agg}({number})"
 
 
-def sql(q: Query, hypertable: bool) -> str:
-    bucket = ("time_bucket($4::interval, time)" if hypertable else
+def sql(q: Query, storage: db.Storage) -> str:
+    bucket = (f"{storage.fn('time_bucket')}($4::interval, time)" if storage.timescaledb else
               f"date_bin($4::interval, time, TIMESTAMPTZ '{ORIGIN}')")
     columns = ", ".join(_column(q.agg, 5 + i) for i in range(len(q.fields)))
     return (f"SELECT {bucket} AS bucket, {columns} FROM pipeline_data "
             "WHERE pipeline_id = $1 AND time >= $2 AND time < $3 GROUP BY 1 ORDER BY 1")
 
 
-async def series(pool: asyncpg.Pool, hypertable: bool, pipeline_id: str, q: Query,
+async def series(pool: asyncpg.Pool, storage: db.Storage, pipeline_id: str, q: Query,
                  acquire_timeout: float) -> list[dict[str, Any]]:
     async with pool.acquire(timeout=acquire_timeout) as conn:
-        records = await conn.fetch(sql(q, hypertable), pipeline_id, q.start, q.end, q.bucket,
+        records = await conn.fetch(sql(q, storage), pipeline_id, q.start, q.end, q.bucket,
                                    *q.fields)
     points = []
     for r in records:

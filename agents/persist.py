@@ -235,12 +235,12 @@ async def run_persist(rt: Runtime) -> None:
     ds = rt.settings.database
     pool = await db.create_pool(ds)
     try:
-        hyper = await db.migrate(pool, ds)
-        log.info("persist: pipeline_data ready (%s)",
-                 "TimescaleDB hypertable" if hyper else "native monthly partitions")
+        found = await db.migrate(pool, ds)
+        log.info("persist: storage is %s", found.describe())
         consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("persist"))
         dlq_parts = len(await kafka.partitions(rt.writer.producer, rt.names.dlq))
-        persister = Persister(rt, Writer(pool, ds.acquire_timeout_seconds, hyper), dlq_parts)
+        writer = Writer(pool, ds.acquire_timeout_seconds, found.hypertable)
+        persister = Persister(rt, writer, dlq_parts)
         consumer.subscribe([rt.names.transformed],
                            listener=_Assignments(rt, persister, consumer))
         rt.roles["persist"] = persister

@@ -95,8 +95,8 @@ async def run_web(rt: Runtime) -> None:
     counts = DeadLetterCounts(rt.bootstrap, rt.settings.kafka, rt.names.dlq, rt.metrics)
     rt.service.dead_letters = counts.of
     hub = Hub(rt)
-    pool, hyper = await open_database(rt)
-    board = Dashboard(rt, hub, pool, hyper)
+    pool, storage = await open_database(rt)
+    board = Dashboard(rt, hub, pool, storage)
     rt.roles["web"] = board
     background = [asyncio.create_task(counts.run(), name="dead-letter counts"),
                   asyncio.create_task(hub.run(), name="live rows")]

@@ -192,13 +192,12 @@ async def scratch_schema(url: str, schema: str) -> AsyncIterator[bool]:
     ds = schema_settings(schema)
     pool = await db.create_pool(ds.model_copy(update={"url": SecretStr(url)}))
     try:
-        hyper = await db.migrate(pool, ds)
+        found = await db.migrate(pool, ds)
     finally:
         await pool.close()
-    log.info("created schema %s (%s)", schema,
-             "TimescaleDB hypertable" if hyper else "native monthly partitions")
+    log.info("created schema %s (%s)", schema, found.describe())
     try:
-        yield hyper
+        yield found.hypertable
     finally:
         conn = await asyncpg.connect(url)
         try:

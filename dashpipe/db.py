@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS pipeline_data (
     PRIMARY KEY (pipeline_id, row_key, time)
 ){partitioning}
 """
+CHUNK = timedelta(days=1)  # a chunk per day: a dashboard's usual range spans few of them
 _INDEX = ("CREATE INDEX IF NOT EXISTS pipeline_data_by_time "
           "ON pipeline_data (pipeline_id, time DESC)")
 
@@ -58,32 +60,86 @@ async def create_pool(ds: DatabaseSettings) -> asyncpg.Pool:
     return pool
 
 
-async def timescaledb(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"))
+@dataclass(frozen=True)
+class Storage:
+    """What holds `pipeline_data`: TimescaleDB (its version and the schema its functions live
+    in, which is rarely the table's) or native monthly partitions."""
+
+    timescaledb: str | None = None  # the extension's version
+    extension_schema: str | None = None
+    hypertable: bool = False
+
+    def fn(self, name: str) -> str:
+        """An extension function by its schema: the pool's `search_path` is only ours."""
+        return f"{quote(self.extension_schema or 'public')}.{name}"
+
+    def describe(self) -> str:
+        if self.hypertable:
+            return f"TimescaleDB {self.timescaledb} hypertable pipeline_data"
+        return "PostgreSQL native monthly partitions of pipeline_data"
 
 
-async def migrate(pool: asyncpg.Pool, ds: DatabaseSettings) -> bool:
-    """Create what is missing (safe to run from every process at every start); returns whether
-    the table is a TimescaleDB hypertable."""
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def storage(conn: asyncpg.Connection, schema: str) -> Storage:
+    """What the database has (the extension, and whether our table is a hypertable)."""
+    ext = await conn.fetchrow("SELECT extversion, extnamespace::regnamespace::text AS schema "
+                              "FROM pg_extension WHERE extname = 'timescaledb'")
+    if ext is None:
+        return Storage()
+    hyper = await conn.fetchval(
+        "SELECT count(*) FROM timescaledb_information.hypertables "
+        "WHERE hypertable_schema = $1 AND hypertable_name = 'pipeline_data'", schema)
+    return Storage(ext["extversion"], ext["schema"].strip('"'), bool(hyper))
+
+
+async def migrate(pool: asyncpg.Pool, ds: DatabaseSettings) -> Storage:
+    """Create what is missing and bring the policies to the settings (safe to run from every
+    process at every start: one at a time, by an advisory lock)."""
     async with pool.acquire(timeout=ds.acquire_timeout_seconds) as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('dashpipe-migrate'))")
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{ds.schema_name}"')
-        hyper = await timescaledb(conn)
-        await conn.execute(_TABLE.format(partitioning="" if hyper else
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(ds.schema_name)}")
+        found = await storage(conn, ds.schema_name)
+        ts = found.timescaledb is not None
+        await conn.execute(_TABLE.format(partitioning="" if ts else
                                          " PARTITION BY RANGE (time)"))
         await conn.execute(_INDEX)
-        if hyper:
-            await conn.execute("SELECT create_hypertable('pipeline_data', 'time', "
-                               "chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE)")
-            await conn.execute("ALTER TABLE pipeline_data SET (timescaledb.compress, "
-                               "timescaledb.compress_segmentby = 'pipeline_id')")
-            await conn.execute("SELECT add_compression_policy('pipeline_data', $1::interval, "
-                               "if_not_exists => TRUE)", f"{ds.compress_after_days} days")
-            if ds.retention_days is not None:
-                await conn.execute("SELECT add_retention_policy('pipeline_data', $1::interval, "
-                                   "if_not_exists => TRUE)", f"{ds.retention_days} days")
-    return hyper
+        if not ts:
+            return found
+        table = f"{quote(ds.schema_name)}.pipeline_data"
+        if not found.hypertable:
+            await conn.execute(f"SELECT {found.fn('create_hypertable')}($1::regclass, 'time', "
+                               "chunk_time_interval => $2::interval, "
+                               "create_default_indexes => FALSE)", table, CHUNK)
+            await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress, "
+                               "timescaledb.compress_segmentby = 'pipeline_id', "
+                               "timescaledb.compress_orderby = 'row_key, time DESC')")
+        await _policy(conn, found, table, "policy_compression", "compress_after",
+                      "add_compression_policy", "remove_compression_policy",
+                      timedelta(days=ds.compress_after_days), ds.schema_name)
+        await _policy(conn, found, table, "policy_retention", "drop_after",
+                      "add_retention_policy", "remove_retention_policy",
+                      None if ds.retention_days is None else timedelta(days=ds.retention_days),
+                      ds.schema_name)
+    return Storage(found.timescaledb, found.extension_schema, True)
+
+
+async def _policy(conn: asyncpg.Connection, ts: Storage, table: str, proc: str, key: str,
+                  add: str, remove: str, after: timedelta | None, schema: str) -> None:
+    """Make the table's policy `proc` match `after` (None: no policy), replacing one whose
+    interval changed since the last start."""
+    current = await conn.fetchval(
+        "SELECT (config->>$1)::interval FROM timescaledb_information.jobs "
+        "WHERE proc_name = $2 AND hypertable_schema = $3 AND hypertable_name = 'pipeline_data'",
+        key, proc, schema)
+    if current == after:
+        return
+    if current is not None:
+        await conn.execute(f"SELECT {ts.fn(remove)}($1::regclass)", table)
+    if after is not None:
+        await conn.execute(f"SELECT {ts.fn(add)}($1::regclass, $2::interval)", table, after)
 
 
 def month_of(t: datetime) -> tuple[int, int]:

@@ -4,22 +4,28 @@ Where Kafka and PostgreSQL come from, in order: the `DASHPIPE_` variables if bot
 else testcontainers when a Docker engine answers; else the local stack (`dashpipe up`),
 started once per test session. With CI=true a missing service fails the run, never skips.
 
-Each test gets its own topic prefix, consumer-group prefix and database schema.
+Each test gets its own topic prefix, consumer-group prefix and database schema. A test that
+uses the database (the `db` or `storage` fixture) runs twice: on plain PostgreSQL and on
+TimescaleDB, two databases of the same server (`<db>_plain` without the extension, the stack's
+database with it; `DASHPIPE_PG_BIN_DIR=$(../shared/timescaledb/install.sh)` gives the stack a
+server that has it). Without TimescaleDB the second run skips, or fails in CI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -85,11 +91,85 @@ def services() -> Iterator[Endpoints]:
         stack.down(base)
 
 
-def make_settings(ends: Endpoints, tag: str, state_dir: Path | None = None) -> Settings:
+STORAGES = ("postgres", "timescaledb")
+
+
+@dataclass(frozen=True)
+class Storage:
+    name: str  # one of STORAGES
+    url: SecretStr
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of the database on each storage; `@pytest.mark.storages(...)` narrows it."""
+    if "storage" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("storages")
+        metafunc.parametrize("storage", only.args if only else STORAGES, indirect=True)
+
+
+async def _database(url: str, name: str, timescaledb: bool) -> str:
+    """The URL of database `name` on the server of `url`, created (with or without the
+    extension) when missing."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # a parallel session
+                await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(url)
+    other = urlunsplit(parts._replace(path=f"/{name}"))
+    if timescaledb:
+        conn = await asyncpg.connect(other, timeout=10)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        finally:
+            await conn.close()
+    return other
+
+
+async def _databases(url: str) -> dict[str, str]:
+    """Storage name -> database URL on the services' server; a missing one is absent."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        has = await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+        can = await conn.fetchval(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        name = await conn.fetchval("SELECT current_database()")
+    finally:
+        await conn.close()
+    found = {"timescaledb": url} if has else {}
+    if has:
+        found["postgres"] = await _database(url, f"{name}_plain", False)
+    else:
+        found["postgres"] = url
+        if can:
+            found["timescaledb"] = await _database(url, f"{name}_timescaledb", True)
+    return found
+
+
+@pytest.fixture(scope="session")
+def databases(services: Endpoints) -> dict[str, str]:
+    return asyncio.run(_databases(services.database_url.get_secret_value()))
+
+
+@pytest.fixture
+def storage(request: pytest.FixtureRequest, databases: dict[str, str]) -> Storage:
+    """Which database this run of the test uses: plain PostgreSQL or TimescaleDB."""
+    name = request.param
+    if name not in databases:
+        _unavailable("TimescaleDB is not installed in the test PostgreSQL: start the stack "
+                     "with DASHPIPE_PG_BIN_DIR=$(../shared/timescaledb/install.sh)")
+    return Storage(name, SecretStr(databases[name]))
+
+
+def make_settings(ends: Endpoints, tag: str, state_dir: Path | None = None,
+                  database_url: SecretStr | None = None) -> Settings:
     """Settings that point at the test services, with names no other test uses."""
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=ends.bootstrap_servers, group_prefix=f"g{tag}"),
-        database=DatabaseSettings(url=ends.database_url, schema_name=f"t_{tag}"),
+        database=DatabaseSettings(url=database_url or ends.database_url,
+                                  schema_name=f"t_{tag}"),
         topics=TopicSettings(prefix=f"t{tag}", partitions=3, control_partitions=3),
         stack=StackSettings(state_dir=state_dir or ROOT / ".dashpipe"),
         web=WebSettings(port=0),
@@ -99,10 +179,13 @@ def make_settings(ends: Endpoints, tag: str, state_dir: Path | None = None) -> S
 
 
 @pytest.fixture
-async def settings(services: Endpoints) -> AsyncIterator[Settings]:
-    """Per-test settings; the test's topics exist and are deleted afterwards."""
+async def settings(request: pytest.FixtureRequest, services: Endpoints
+                   ) -> AsyncIterator[Settings]:
+    """Per-test settings (on the storage of this run when the test uses one); the test's
+    topics exist and are deleted afterwards."""
     tag = uuid.uuid4().hex[:10]
-    s = make_settings(services, tag)
+    url = request.getfixturevalue("storage").url if "storage" in request.fixturenames else None
+    s = make_settings(services, tag, database_url=url)
     async with kafka.started(kafka.admin(services.bootstrap_servers, s.kafka)) as admin:
         specs = topics.catalogue(s.topics)
         await topics.create_all(admin, specs)
@@ -116,10 +199,10 @@ def names(settings: Settings) -> topics.TopicNames:
 
 
 @pytest.fixture
-async def db(settings: Settings, services: Endpoints) -> AsyncIterator[asyncpg.Pool]:
+async def db(settings: Settings, storage: Storage) -> AsyncIterator[asyncpg.Pool]:
     """A pool whose connections use the test's own schema, dropped afterwards."""
     schema = settings.database.schema_name
-    url = services.database_url.get_secret_value()
+    url = storage.url.get_secret_value()
     admin = await asyncpg.connect(url, timeout=10)
     await admin.execute(f'CREATE SCHEMA "{schema}"')
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4,

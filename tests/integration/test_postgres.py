@@ -1,18 +1,18 @@
-"""The database the stack gives, for real."""
+"""The database the stack gives, for real, on both storages."""
 
 import asyncpg
 
-from dashpipe.stack import Endpoints
+from tests.conftest import Storage
 
 
-async def test_each_test_has_its_own_schema(db: asyncpg.Pool, services: Endpoints) -> None:
+async def test_each_test_has_its_own_schema(db: asyncpg.Pool, storage: Storage) -> None:
     async with db.acquire() as conn:
         await conn.execute("CREATE TABLE probe (id int PRIMARY KEY)")
         await conn.execute("INSERT INTO probe VALUES (1), (2)")
         assert await conn.fetchval("SELECT count(*) FROM probe") == 2
         schema = await conn.fetchval("SELECT current_schema()")
     assert schema.startswith("t_")
-    other = await asyncpg.connect(services.database_url.get_secret_value())
+    other = await asyncpg.connect(storage.url.get_secret_value())
     try:
         visible = await other.fetchval("SELECT to_regclass('public.probe')")
     finally:
@@ -20,14 +20,13 @@ async def test_each_test_has_its_own_schema(db: asyncpg.Pool, services: Endpoint
     assert visible is None
 
 
-async def test_server_is_postgresql_with_timescaledb_when_available(
-        db: asyncpg.Pool, services: Endpoints) -> None:
+async def test_each_storage_is_what_it_says(db: asyncpg.Pool, storage: Storage) -> None:
     async with db.acquire() as conn:
         version = await conn.fetchval("SHOW server_version_num")
-        available = await conn.fetchval(
-            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
         installed = await conn.fetchval(
-            "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
-    assert int(version) >= 140000
-    if services.database_local:  # `dashpipe up` enables it exactly when the server has it
-        assert installed == available
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    assert int(version) >= 150000
+    if storage.name == "timescaledb":
+        assert installed is not None and installed.startswith("2.")
+    else:
+        assert installed is None
