@@ -62,14 +62,9 @@ def _docker_answers() -> bool:
 
 
 def _containers() -> Iterator[Endpoints]:
-    from testcontainers.kafka import KafkaContainer
-    from testcontainers.postgres import PostgresContainer
+    from tests import containers  # imports testcontainers only when Docker answers
 
-    with KafkaContainer("apache/kafka:4.1.1").with_kraft() as broker, PostgresContainer(
-        "timescale/timescaledb:latest-pg16", driver=None
-    ) as pg:
-        yield Endpoints(broker.get_bootstrap_server(), SecretStr(pg.get_connection_url()),
-                        False, False)
+    yield from containers.started()
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +141,16 @@ async def _databases(url: str) -> dict[str, str]:
         if can:
             found["timescaledb"] = await _database(url, f"{name}_timescaledb", True)
     return found
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many tests of the database ran on each storage (CI's log shows both paths)."""
+    passed = terminalreporter.stats.get("passed", [])
+    counts = {name: sum(f"[{name}" in r.nodeid or f"-{name}" in r.nodeid for r in passed)
+              for name in STORAGES}
+    if any(counts.values()):
+        terminalreporter.write_line("database tests passed: " + ", ".join(
+            f"{n} on {name}" for name, n in counts.items()))
 
 
 @pytest.fixture(scope="session")
