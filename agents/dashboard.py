@@ -66,10 +66,10 @@ class Dashboard:
             return api.error(400, str(exc))
         ds = self.rt.settings.database
         try:
-            points = await history.series(self.pool, self.storage, p.id, q,
-                                          ds.acquire_timeout_seconds)
+            points, source = await history.series(self.pool, self.storage, p.id, q,
+                                                  ds.acquire_timeout_seconds, ds.schema_name)
         except asyncpg.UndefinedTableError:
-            points = []  # nothing persisted yet
+            points, source = [], "rows"  # nothing persisted yet
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("data query for %s failed: %s", p.id, type(exc).__name__)
             return api.error(503, "the database is unavailable, retry later",
@@ -77,6 +77,7 @@ class Dashboard:
         return api.json_response({
             "pipeline_id": p.id, "from": q.start, "to": q.end,
             "bucket_seconds": q.bucket.total_seconds(), "agg": q.agg, "fields": q.fields,
+            "source": source,
             "points": points})
 
 

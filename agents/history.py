@@ -21,7 +21,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from dashpipe import db
+from dashpipe import db, rollups
 from schemas.mapping import FIELD_NAME
 from schemas.pipeline import Pipeline
 
@@ -95,7 +95,7 @@ def _numeric(p: Pipeline) -> list[str]:
 def _column(agg: str, n: int) -> str:
     """The SQL of one aggregate over the field given as parameter `$n`."""
     value = f"data->${n}"
-    number = f"CASE WHEN jsonb_typeof({value}) = 'number' THEN ({value})::float8 END"
+    number = rollups.number(value)
     if agg == "count":
         return f"count(*) FILTER (WHERE jsonb_typeof({value}) <> 'null')"
     if agg == "last":
@@ -112,11 +112,46 @@ def sql(q: Query, storage: db.Storage) -> str:
             "WHERE pipeline_id = $1 AND time >= $2 AND time < $3 GROUP BY 1 ORDER BY 1")
 
 
+def rollup_sql(q: Query, storage: db.Storage, r: rollups.Rollup, schema: str) -> str:
+    """The series from a rollup's whole minutes inside the range (`$5` to `$6`) and from the
+    rows at its ragged ends, combined per bucket: the same answer as `sql`."""
+    parts, raw, out = [], [], []
+    for i, name in enumerate(q.fields):
+        present, n, total, low, high = r.columns(name)
+        parts.append(f"{present} AS p{i}, {n} AS n{i}, {total} AS s{i}, {low} AS lo{i}, "
+                     f"{high} AS hi{i}")
+        value = f"data->${7 + i}"
+        number = rollups.number(value)
+        raw.append(f"CASE WHEN jsonb_typeof({value}) <> 'null' THEN 1 ELSE 0 END, "
+                   f"({number} IS NOT NULL)::int, "
+                   f"{number}, {number}, {number}")
+        out.append({"avg": f"sum(s{i}) / nullif(sum(n{i}), 0)::float8", "min": f"min(lo{i})",
+                    "max": f"max(hi{i})", "count": f"sum(p{i})::bigint"}[q.agg])
+    return (f"SELECT {storage.fn('time_bucket')}($4::interval, t) AS bucket, {', '.join(out)} "
+            f"FROM (SELECT bucket AS t, {', '.join(parts)} FROM {db.quote(schema)}.{r.view} "
+            "WHERE bucket >= $5 AND bucket < $6 "
+            f"UNION ALL SELECT time, {', '.join(raw)} FROM pipeline_data "
+            "WHERE pipeline_id = $1 AND time >= $2 AND time < $3 AND (time < $5 OR time >= $6)"
+            ") AS parts GROUP BY 1 ORDER BY 1")
+
+
 async def series(pool: asyncpg.Pool, storage: db.Storage, pipeline_id: str, q: Query,
-                 acquire_timeout: float) -> list[dict[str, Any]]:
+                 acquire_timeout: float, schema: str = "public", use_rollups: bool = True
+                 ) -> tuple[list[dict[str, Any]], str]:
+    """The points, and where they came from: `rollup` or `rows`."""
     async with pool.acquire(timeout=acquire_timeout) as conn:
-        records = await conn.fetch(sql(q, storage), pipeline_id, q.start, q.end, q.bucket,
-                                   *q.fields)
+        rollup = await rollups.find(conn, pipeline_id) if use_rollups and storage.timescaledb \
+            and q.agg in rollups.AGGREGATES and q.bucket % rollups.BUCKET == timedelta(0) \
+            else None
+        if rollup is not None and set(q.fields) <= set(rollup.fields):
+            records = await conn.fetch(rollup_sql(q, storage, rollup, schema), pipeline_id,
+                                       q.start, q.end, q.bucket, rollups.ceil(q.start),
+                                       rollups.floor(q.end), *q.fields)
+            source = "rollup"
+        else:
+            records = await conn.fetch(sql(q, storage), pipeline_id, q.start, q.end, q.bucket,
+                                       *q.fields)
+            source = "rows"
     points = []
     for r in records:
         point: dict[str, Any] = {"time": r[0]}
@@ -124,7 +159,7 @@ async def series(pool: asyncpg.Pool, storage: db.Storage, pipeline_id: str, q: Q
             value = r[i]
             point[name] = _json(value) if q.agg == "last" else value
         points.append(point)
-    return points
+    return points, source
 
 
 def _json(value: Any) -> Any:

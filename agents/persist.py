@@ -32,7 +32,7 @@ import orjson
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError
 
-from dashpipe import db, kafka
+from dashpipe import db, kafka, rollups
 from dashpipe.batcher import partition_for, send_records
 from dashpipe.runtime import Runtime
 from schemas.records import dead_letter, pipeline_id_header
@@ -141,6 +141,7 @@ class Persister:
     dlq_partitions: int
     stored: dict[Any, int] = field(default_factory=dict)  # offsets whose rows are committed
     committed_at: float = 0.0
+    rollups: rollups.Keeper | None = None  # TimescaleDB only
     _persisting: dict[bytes | None, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -241,11 +242,22 @@ async def run_persist(rt: Runtime) -> None:
         dlq_parts = len(await kafka.partitions(rt.writer.producer, rt.names.dlq))
         writer = Writer(pool, ds.acquire_timeout_seconds, found.hypertable)
         persister = Persister(rt, writer, dlq_parts)
+        if found.hypertable:
+            keeper = persister.rollups = rollups.Keeper(
+                pool, found, ds.schema_name, lambda: rt.registry.pipelines,
+                ds.acquire_timeout_seconds)
+            rt.registry.on_change(lambda *_: keeper.changed.set())
         consumer.subscribe([rt.names.transformed],
                            listener=_Assignments(rt, persister, consumer))
         rt.roles["persist"] = persister
-        async with kafka.started(consumer):
-            await _consume(rt, consumer, persister, ds.persist_batch_rows)
+        keeping = asyncio.create_task(persister.rollups.run()) if persister.rollups else None
+        try:
+            async with kafka.started(consumer):
+                await _consume(rt, consumer, persister, ds.persist_batch_rows)
+        finally:
+            if keeping is not None:
+                keeping.cancel()
+                await asyncio.gather(keeping, return_exceptions=True)
     finally:
         await asyncio.wait_for(pool.close(), 10)
 
@@ -355,6 +367,8 @@ async def _write_loop(rt: Runtime, consumer: Any, persister: Persister,
         refused = await _write_until_stored(persister.writer, batch.rows, batch.months, rt)
         if refused:
             await persister.dead_letters(refused, batch.records)
+        if persister.rollups is not None:
+            persister.rollups.wrote(batch.rows)
         persister.stored.update({tp: recs[-1].offset + 1 for tp, recs in batch.records.items()})
         if time.monotonic() - persister.committed_at >= COMMIT_SECONDS:
             await persister.commit(consumer)

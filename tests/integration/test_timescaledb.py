@@ -2,17 +2,23 @@
 policies brought to the settings at every start, and rows replayed into a compressed chunk
 updated in place."""
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import asyncpg
+import orjson
 import pytest
 
+from agents import history
 from dashpipe import db as dbm
 from dashpipe.settings import ADMIN, DatabaseSettings, Settings
 from tests.conftest import Storage
 from tests.helpers import wait_until
-from tests.integration.test_mapper import write_raw
+from tests.integration.test_mapper import webhook_pipeline, write_raw
 from tests.integration.test_persist import count, persisting, readings
+from tests.integration.test_push import TOKENS, A
 
 
 def _ds(settings: Settings, storage: Storage, **changes: Any) -> DatabaseSettings:
@@ -78,7 +84,7 @@ async def test_a_replay_into_a_compressed_chunk_updates_the_rows_in_place(
                     [readings(("a", old, 20.5), ("b", old, 18.0), ("c", old + 90000, 1.0))])
     await wait_until(lambda: _is(count(db, "sensors"), 3), what="3 rows stored")
     ext = await _ext(db)
-    chunks = await db.fetch(f"SELECT {ext}.compress_chunk(c) "
+    chunks = await db.fetch(f"SELECT {ext}.compress_chunk(c, if_not_compressed => TRUE) "
                             f"FROM {ext}.show_chunks('pipeline_data') c")
     assert len(chunks) == 2  # two days, two chunks, both compressed now
     assert await _compressed(db) == 2
@@ -112,3 +118,81 @@ async def _temp(db: asyncpg.Pool, sensor: str) -> float | None:
 
 async def _is(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
+
+
+ROLLED = {"records": "readings[*]", "time": {"path": "t", "format": "epoch_s"},
+          "key": "sensor", "fields": {"sensor": {"path": "id", "type": "string",
+                                                 "required": True},
+                                      "temp": {"path": "temp", "type": "float"},
+                                      "level": {"path": "level", "type": "integer"}}}
+
+
+@pytest.mark.storages("timescaledb")
+async def test_coarse_buckets_come_from_the_rollup_and_equal_the_rows(
+        start_roles: Any, settings: Settings, db: asyncpg.Pool) -> None:
+    rt = await start_roles("web", "map", "persist", api=TOKENS)
+    await rt.service.create({**webhook_pipeline("rolled", ROLLED), "persist_data": True},
+                            ADMIN)
+    rollup = await wait_until(lambda: _rollup(db, "rolled"), what="the rollup created")
+    assert rollup["fields"] == ["temp", "level"]
+    t0 = (int(time.time()) // 60 - 180) * 60  # three hours ago, on a minute
+    # every 7 s for 20 minutes, two sensors; halves add up exactly, so sums are exact
+    items = [{"id": s, "t": t0 + k * 7, "temp": (k % 13) * 0.5 if k % 11 else None,
+              "level": k % 5} for k in range(172) for s in ("a", "b")]
+    await write_raw(settings, rt.names.raw, "rolled",
+                    [orjson.dumps({"readings": items[i:i + 50]}) for i in range(0, 344, 50)])
+    await wait_until(lambda: _is(count(db, "rolled"), 344), what="344 rows stored")
+    await wait_until(lambda: _materialized(db, rollup["view_name"], "f0_n", 0),
+                     what="the minutes materialised")
+    start, end = t0 + 13, t0 + 17 * 60 + 29  # ragged ends: rows there, minutes between
+    await _same_answers(rt, db, settings, start, end)
+    # late rows in a minute already materialised: refreshed, the answers still equal
+    late = [{"id": f"late{k}", "t": t0 + 120 + k, "temp": 1000.0, "level": 9}
+            for k in range(3)]
+    await write_raw(settings, rt.names.raw, "rolled", [orjson.dumps({"readings": late})])
+    await wait_until(lambda: _materialized(db, rollup["view_name"], "f0_max", 999),
+                     what="the late minute refreshed")
+    await _same_answers(rt, db, settings, start, end)
+
+
+async def _same_answers(rt: Any, db: asyncpg.Pool, settings: Settings, start: int,
+                        end: int) -> None:
+    pipeline = rt.registry.pipelines["rolled"]
+    async with db.acquire() as conn:
+        storage = await dbm.storage(conn, settings.database.schema_name)
+    for agg in ("avg", "min", "max", "count"):
+        for bucket in ("1m", "5m", "1h"):
+            query = {"from": _iso(start), "to": _iso(end), "agg": agg, "bucket": bucket}
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"{rt.web_url}/api/pipelines/rolled/data", params=query,
+                    headers=A) as r:
+                assert r.status == 200
+                answer = await r.json()
+            assert answer["source"] == "rollup"
+            q = history.parse(query, pipeline, datetime.now(UTC))
+            rows, source = await history.series(db, storage, "rolled", q, 5.0,
+                                                settings.database.schema_name,
+                                                use_rollups=False)
+            assert source == "rows" and rows
+            expected = orjson.loads(orjson.dumps(rows))
+            assert answer["points"] == expected, (agg, bucket)
+
+
+async def _rollup(db: asyncpg.Pool, pid: str) -> Any:
+    if not await db.fetchval("SELECT to_regclass('pipeline_rollups') IS NOT NULL"):
+        return None
+    return await db.fetchrow("SELECT view_name, fields FROM pipeline_rollups "
+                             "WHERE pipeline_id = $1", pid)
+
+
+async def _materialized(db: asyncpg.Pool, view: str, column: str, above: float) -> bool:
+    """Whether the view's materialised part (not its real-time part) has `column` > above."""
+    where = await db.fetchrow(
+        "SELECT materialization_hypertable_schema, materialization_hypertable_name "
+        "FROM timescaledb_information.continuous_aggregates WHERE view_name = $1", view)
+    top = await db.fetchval(f'SELECT max({column}) FROM "{where[0]}"."{where[1]}"')
+    return top is not None and top > above
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
