@@ -29,6 +29,17 @@ class Dashboard:
     pool: asyncpg.Pool | None = None
     storage: db.Storage = field(default_factory=db.Storage)
 
+    async def describe_storage(self) -> str:
+        """What holds the rows, for `/readyz` (the web role needs no database to be ready)."""
+        if self.pool is None:
+            return "no database (DASHPIPE_DATABASE_URL unset or unreachable at start)"
+        ds = self.rt.settings.database
+        try:
+            async with self.pool.acquire(timeout=ds.acquire_timeout_seconds) as conn:
+                return await db.describe(conn, ds.schema_name)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return f"unavailable ({type(exc).__name__})"
+
     def routes(self) -> list[api.Route]:
         return [("GET", "/pipelines/{id}/events", self.events),
                 ("GET", "/pipelines/{id}/ws", self.websocket),

@@ -74,7 +74,8 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard
         except Exception as exc:  # any failure here means: not ready
             return api.error(503, f"Kafka unreachable: {type(exc).__name__}",
                              {"Retry-After": "5"})
-        return api.json_response({"status": "ready", "pipelines": len(rt.registry.pipelines)})
+        return api.json_response({"status": "ready", "pipelines": len(rt.registry.pipelines),
+                                  "storage": await board.describe_storage()})
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(text=rt.metrics.render(), content_type="text/plain",

@@ -95,6 +95,31 @@ async def storage(conn: asyncpg.Connection, schema: str) -> Storage:
     return Storage(ext["extversion"], ext["schema"].strip('"'), bool(hyper))
 
 
+async def describe(conn: asyncpg.Connection, schema: str) -> str:
+    """One line for `dashpipe status` and `/readyz`: what stores the rows, and how much."""
+    found = await storage(conn, schema)
+    table = f"{schema}.pipeline_data"
+    if found.hypertable:
+        chunks, compressed = await conn.fetchrow(
+            "SELECT count(*), count(*) FILTER (WHERE is_compressed) "
+            "FROM timescaledb_information.chunks "
+            "WHERE hypertable_schema = $1 AND hypertable_name = 'pipeline_data'", schema)
+        aggregates = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.continuous_aggregates "
+            "WHERE view_schema = $1", schema)
+        return (f"TimescaleDB {found.timescaledb}: hypertable {table}, {chunks} chunks "
+                f"({compressed} compressed), {aggregates} rollups")
+    if found.timescaledb:
+        return (f"TimescaleDB {found.timescaledb}: {table} not created yet (the persist role "
+                "makes it a hypertable)")
+    parts = await conn.fetchval(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass($1)", table)
+    if await conn.fetchval("SELECT to_regclass($1)", table) is None:
+        return (f"PostgreSQL native monthly partitions: {table} not created yet "
+                "(no TimescaleDB in this database)")
+    return f"PostgreSQL native monthly partitions: {table}, {parts} partitions"
+
+
 async def migrate(pool: asyncpg.Pool, ds: DatabaseSettings) -> Storage:
     """Create what is missing and bring the policies to the settings (safe to run from every
     process at every start: one at a time, by an advisory lock)."""

@@ -76,7 +76,8 @@ def services() -> Iterator[Endpoints]:
     if _docker_answers():
         yield from _containers()
         return
-    started = not all(s.state.startswith("running") for s in stack.status(base))
+    started = not all(s.state.startswith("running") for s in stack.status(base)
+                      if s.name != "storage")
     try:
         ends = stack.up(base)
     except Exception as exc:

@@ -160,7 +160,31 @@ def status(settings: Settings) -> list[ServiceStatus]:
         alive = postgres.running(stack, state)
         where = f"127.0.0.1:{state.pg_port} database {postgres.DATABASE} (data in {state.pg_data})"
         out.append(ServiceStatus("postgresql", where, "running" if alive else "stopped"))
+    if out[-1].state != "stopped":
+        out.append(_storage(settings, state))
     return out
+
+
+def _storage(settings: Settings, state: st.StackState) -> ServiceStatus:
+    """What holds the rows (TimescaleDB hypertable or native partitions), read from the
+    database itself."""
+    from dashpipe import db
+
+    url = settings.database.url or SecretStr(postgres.url(state))
+
+    async def read() -> str:
+        import asyncpg
+
+        conn = await asyncpg.connect(url.get_secret_value(), timeout=5)
+        try:
+            return await db.describe(conn, settings.database.schema_name)
+        finally:
+            await conn.close()
+
+    try:
+        return ServiceStatus("storage", asyncio.run(read()), "ok")
+    except Exception as exc:  # a status line, never a traceback
+        return ServiceStatus("storage", f"unknown: {type(exc).__name__}", "unreachable")
 
 
 def _redact(url: SecretStr) -> str:

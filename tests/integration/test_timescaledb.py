@@ -2,6 +2,7 @@
 policies brought to the settings at every start, and rows replayed into a compressed chunk
 updated in place."""
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from agents import history
 from dashpipe import db as dbm
+from dashpipe import stack
 from dashpipe.settings import ADMIN, DatabaseSettings, Settings
 from tests.conftest import Storage
 from tests.helpers import wait_until
@@ -196,3 +198,19 @@ async def _materialized(db: asyncpg.Pool, view: str, column: str, above: float) 
 
 def _iso(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat()
+
+
+async def test_status_and_readyz_name_the_storage(
+        start_roles: Any, settings: Settings, storage: Storage, db: asyncpg.Pool) -> None:
+    rt = await start_roles("web", "persist")
+    await wait_until(lambda: db.fetchval("SELECT to_regclass('pipeline_data') IS NOT NULL"),
+                     what="the table migrated")
+    expected = "hypertable" if storage.name == "timescaledb" else "native monthly partitions"
+    async with aiohttp.ClientSession() as http, http.get(f"{rt.web_url}/readyz") as r:
+        ready = await r.json()
+    assert r.status == 200 and expected in ready["storage"], ready
+    rows = await asyncio.to_thread(stack.status, settings)  # the database named: external
+    [line] = [row for row in rows if row.name == "storage"]
+    assert expected in line.where and settings.database.schema_name in line.where
+    if storage.name == "timescaledb":
+        assert line.where.startswith("TimescaleDB 2.28.3: hypertable ")
