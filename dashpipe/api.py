@@ -1,8 +1,10 @@
 """The management API (role `web`): `/api/pipelines` CRUD, pause and resume, team-scoped by
-bearer token. Every error is JSON `{"error": ...}` with the right 4xx; secrets never leave."""
+bearer token. Every error is JSON `{"error": ...}` with the right 4xx; secrets never leave.
+While the process is stopping, every route answers 503 with `Retry-After`."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -12,10 +14,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from dashpipe import jsonio
 from dashpipe.errors import Unavailable
 from dashpipe.pipelines import Conflict, Invalid, NotFound, PipelineService
+from dashpipe.runtime import ProcessService
 from dashpipe.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -23,7 +27,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE = web.AppKey("service", PipelineService)
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
+STOPPING = web.AppKey("stopping", asyncio.Event)  # the process's `Runtime.stopping`
 TEAM = web.RequestKey("team", str)
+STOPPING_RETRY_SECONDS = 5  # a supervisor restarts a process in about that time
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -96,6 +102,9 @@ def guarded(handler: Handler) -> Handler:
         if team is None:
             return error(401, "missing or unknown bearer token",
                          headers={"WWW-Authenticate": 'Bearer realm="dashpipe"'})
+        stopping = request.app[STOPPING]
+        if stopping.is_set():
+            return stopping_response()
         request[TEAM] = team
         try:
             return await handler(request)
@@ -112,11 +121,24 @@ def guarded(handler: Handler) -> Handler:
         except Unavailable as exc:
             return error(503, str(exc),
                          headers={"Retry-After": str(int(exc.retry_after) or 1)})
-        except Exception:
+        except Exception as exc:
+            if stopping.is_set():  # the process began to stop under this request
+                log.info("%s %s answered 503: stopping (%s)", request.method, request.path,
+                         type(exc).__name__)
+                return stopping_response()
+            if isinstance(exc, KafkaError):  # a definition's write was not acknowledged
+                log.warning("%s %s answered 503: %s", request.method, request.path,
+                            type(exc).__name__)
+                return error(503, "Kafka is unavailable, retry later", {"Retry-After": "5"})
             log.exception("unhandled error on %s %s", request.method, request.path)
             return error(500, "internal error")
 
     return guard
+
+
+def stopping_response() -> web.Response:
+    return error(503, "dashpipe is stopping; retry (another process answers, or this one "
+                      "once restarted)", {"Retry-After": str(STOPPING_RETRY_SECONDS)})
 
 
 def _service(request: web.Request) -> PipelineService:
@@ -188,12 +210,13 @@ async def close_session(request: web.Request) -> web.Response:
 Route = tuple[str, str, Handler]
 
 
-def make_api(service: PipelineService, settings: ApiSettings, max_body: int,
+def make_api(service: ProcessService, settings: ApiSettings, max_body: int,
              routes: list[Route] = []) -> web.Application:  # noqa: B006 (read only)
     """The `/api/` sub-application; every route is `guarded`, `routes` too."""
     app = web.Application(client_max_size=max_body)
     app[SERVICE] = service
     app[API_SETTINGS] = settings
+    app[STOPPING] = service.stopping
     app.router.add_get("/pipelines", guarded(list_pipelines))
     app.router.add_post("/pipelines", guarded(create_pipeline))
     app.router.add_get("/pipelines/{id}", guarded(get_pipeline))

@@ -1,17 +1,24 @@
 """What the roles of one process share: the registry, one idempotent producer, one HTTP
-client session and the metrics; started once, stopped once."""
+client session and the metrics; started once, stopped once. And how the roles run together:
+the first role that fails stops the others, then the process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
+from pydantic import SecretStr
 
 from dashpipe import egress, kafka
+from dashpipe.errors import DashpipeError
 from dashpipe.metrics import Metrics
 from dashpipe.pipelines import PipelineService
 from dashpipe.registry import Registry, RegistryWriter
@@ -19,6 +26,29 @@ from dashpipe.settings import Settings
 from dashpipe.topics import TopicNames
 
 log = logging.getLogger(__name__)
+
+STOP_SECONDS = 30.0  # how long the other roles get to stop once one has failed
+
+
+class RoleFailed(DashpipeError):
+    """A role of this process failed (at start or later) and the process stops. The message
+    is the one line an operator reads: `role persist failed: DataError: invalid input ...`."""
+
+    def __init__(self, role: str, cause: str) -> None:
+        super().__init__(f"role {role} failed: {cause}")
+        self.role = role
+        self.cause = cause
+
+
+class ProcessService(PipelineService):
+    """The pipeline service of a running process. `stopping` is set the moment the process
+    begins to stop (a role failed, or a signal), so the API answers 503 instead of reaching
+    for clients that are being closed."""
+
+    def __init__(self, registry: Registry, writer: RegistryWriter,
+                 stopping: asyncio.Event | None = None) -> None:
+        super().__init__(registry, writer)
+        self.stopping = stopping if stopping is not None else asyncio.Event()
 
 
 @dataclass
@@ -28,12 +58,17 @@ class Runtime:
     names: TopicNames
     registry: Registry
     writer: RegistryWriter
-    service: PipelineService
+    service: ProcessService
     http: aiohttp.ClientSession
     metrics: Metrics = field(default_factory=Metrics)
     web_url: str | None = None
     web_ready: asyncio.Event = field(default_factory=asyncio.Event)
     roles: dict[str, object] = field(default_factory=dict)  # role -> its running object
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once the roles of this process are being stopped; never cleared."""
+        return self.service.stopping
 
     def group(self, role: str) -> str:
         return f"{self.settings.kafka.group_prefix}-{role}"
@@ -53,7 +88,7 @@ async def open_runtime(settings: Settings, bootstrap: str) -> AsyncIterator[Runt
             async with aiohttp.ClientSession(  # every outgoing request passes the egress policy
                     connector=egress.connector(settings.egress.allow)) as http:
                 yield Runtime(settings, bootstrap, names, registry, writer,
-                              PipelineService(registry, writer), http)
+                              ProcessService(registry, writer), http)
         finally:
             await _bounded(registry.stop(), "registry consumer")
     finally:
@@ -74,7 +109,7 @@ async def _bounded(stopping: Awaitable[None], what: str, seconds: float = 10.0) 
                     what, type(exc).__name__)
 
 
-RoleMain = Callable[[Runtime], Awaitable[None]]
+RoleMain = Callable[[Runtime], Coroutine[Any, Any, None]]
 
 
 def role_mains() -> dict[str, RoleMain]:
@@ -90,16 +125,94 @@ def role_mains() -> dict[str, RoleMain]:
 
 
 async def run_roles(rt: Runtime, roles: list[str]) -> None:
+    """Run the roles until one of them ends, which only a failure does: then the others are
+    stopped and `RoleFailed` names the first role and its cause. Cancelled (the process is
+    told to stop), it stops every role before it returns. Either way `rt.stopping` is set
+    first, so the API answers 503 while the roles stop."""
     mains = role_mains()
-
-    async def one(role: str) -> None:
+    tasks: dict[asyncio.Task[None], str] = {}
+    for role in roles:
         log.info("role %s ready (group %s)", role, rt.group(role))
-        await mains[role](rt)
-
-    jobs = [one(role) for role in roles]
+        tasks[asyncio.create_task(mains[role](rt), name=f"role {role}")] = role
     if "web" not in roles and rt.settings.web.metrics_port is not None:
-        jobs.append(serve_metrics(rt, rt.settings.web.metrics_port))
-    await asyncio.gather(*jobs)
+        task = asyncio.create_task(serve_metrics(rt, rt.settings.web.metrics_port))
+        tasks[task] = "metrics"  # a process without the web role still serves /metrics
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        rt.stopping.set()
+        await _stop_all(rt, tasks)
+    first = next(t for t in tasks if t in done)  # in the order the roles were named
+    raise _failure(rt, tasks[first], first)
+
+
+def _failure(rt: Runtime, role: str, task: asyncio.Task[None]) -> RoleFailed:
+    cause = None if task.cancelled() else task.exception()
+    if cause is None:  # a role runs until it is stopped: ending on its own is a bug
+        return RoleFailed(role, "ended without being stopped")
+    log.debug("role %s failed", role, exc_info=cause)  # the traceback, for --log-level debug
+    return RoleFailed(role, describe(cause, rt.settings))
+
+
+async def _stop_all(rt: Runtime, tasks: dict[asyncio.Task[None], str]) -> None:
+    """Cancel the roles still running and wait (bounded) until each has cleaned up; a role
+    that fails while stopping is reported, not raised (the first failure is the story)."""
+    running = [t for t in tasks if not t.done()]
+    for task in running:
+        task.cancel()
+    if running:
+        _, late = await asyncio.wait(running, timeout=STOP_SECONDS)
+        for task in late:
+            log.warning("role %s did not stop within %.0f s", tasks[task], STOP_SECONDS)
+        for task in running:
+            if task.done() and not task.cancelled() and (error := task.exception()):
+                log.warning("role %s did not stop cleanly: %s", tasks[task],
+                            describe(error, rt.settings))
+
+
+def describe(exc: BaseException, settings: Settings) -> str:
+    """`Type: message` of an error on one line, with the error it was raised from or while
+    handling (a failed cleanup hides the real cause: `InterfaceError: ... connection is
+    closed (while handling AdminShutdownError: terminating connection ...)`). Any secret of
+    `settings` is masked: a driver's message may quote what it was given."""
+    text = _one(exc, settings)
+    if exc.__cause__ is not None:
+        text += f" (caused by {_one(exc.__cause__, settings)})"
+    elif exc.__context__ is not None and not exc.__suppress_context__:
+        text += f" (while handling {_one(exc.__context__, settings)})"
+    return text
+
+
+def _one(exc: BaseException, settings: Settings) -> str:
+    text = " ".join(str(exc).split())
+    for secret in sorted(set(secret_values(settings)), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def secret_values(settings: Settings) -> Iterator[str]:
+    """Every `SecretStr` value in the settings (and the password inside a URL-valued one)."""
+    for group in dataclasses.fields(settings):
+        yield from _secrets_in(getattr(settings, group.name).model_dump())
+
+
+def _secrets_in(value: Any) -> Iterator[str]:
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        if secret:
+            yield secret
+            with contextlib.suppress(ValueError):  # not a URL after all
+                password = urlsplit(secret).password if "://" in secret else None
+                if password:
+                    yield password
+                    yield unquote(password)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _secrets_in(key)
+            yield from _secrets_in(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _secrets_in(item)
 
 
 async def serve_metrics(rt: Runtime, port: int) -> None:
