@@ -69,6 +69,8 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard
         return api.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
+        if rt.stopping.is_set():  # load balancers drain a process that is going down
+            return api.error(503, "dashpipe is stopping", {"Retry-After": "5"})
         try:
             await asyncio.wait_for(rt.writer.producer.client.fetch_all_metadata(), 3)
         except Exception as exc:  # any failure here means: not ready
