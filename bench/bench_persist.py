@@ -1,5 +1,12 @@
 """Role `persist`: rows/s stored into `pipeline_data`, against a bare asyncpg
-`copy_records_to_table` loop into the same table shape.
+`copy_records_to_table` loop into the same table shape, on both storages in one run: plain
+PostgreSQL (native monthly partitions) and TimescaleDB (a hypertable with its compression
+policy, as `db.migrate` makes it).
+
+The storages: the stack's PostgreSQL server, found as the tests find them
+(`harness.storages`): its own database for the storage it has, the sibling `<db>_plain`
+(without the extension) or `<db>_timescaledb` for the other, created when missing. A server
+without TimescaleDB gets one line saying so and the plain side only.
 
 The data: `--records` (200,000) transformed records exactly as `streams.mapper` writes them
 (JSON: pipeline_id, team_id, time, key, fields, lineage, mapping_version, ingest_id,
@@ -9,11 +16,20 @@ one-feature USGS-style payloads, all distinct identities (pipeline, row key, tim
 row (time, team_id, pipeline_id, row_key, data as jsonb text, raw_partition, raw_offset,
 row_index, mapping_version, ingest_id); the bare sides get those tuples, prepared in memory.
 
-Each side writes into its own scratch schema (`bench_persist_<tag>_<side>`, migrated with
-`dashpipe.db.migrate`: the same table, primary key and index; PostgreSQL without TimescaleDB
-gets native monthly partitions, created before the timed part for the two in-memory sides);
-so no side ever meets another's rows. Each schema is checked (row count, and an md5 over every
-row's key, time and data: all three sides must have stored identical rows), then dropped.
+Each side writes into its own scratch schema (`bench_persist_<tag>_<storage>_<side>`, migrated
+with `dashpipe.db.migrate`: the same table, primary key and index; on plain PostgreSQL native
+monthly partitions, created before the timed part for the two in-memory sides; on TimescaleDB
+the hypertable of 1-day chunks with its compression policy (7 days), so the bare side copies
+into a hypertable made exactly as the role's); so no side ever meets another's rows. Each
+schema is checked (row count, and an md5 over every row's key, time and data: every side on
+both storages must have stored identical rows; on TimescaleDB also its chunks, how many the
+policy compressed meanwhile, and its continuous aggregates), then dropped. A TimescaleDB side
+starts once the policy's first run is done (TimescaleDB's scheduler starts it a few seconds
+after the policy is added, the next an hour or more later): on the empty table it compresses
+nothing, while under a side it would compress the very chunks being written (the rows are
+older than its 7 days), which live ingest into the newest chunk never meets. Printed with the
+figures: chunks written per transaction (the role's batches mix raw partitions whose times
+lie days apart).
 A `CHECKPOINT` (when the database user may) precedes each side, so none inherits the previous
 side's dirty pages.
 
@@ -31,6 +47,9 @@ side's dirty pages.
   `DASHPIPE_DATABASE_SCHEMA_NAME` set. The run is over when the role's consumer group has
   committed every offset (it commits only what is stored); the group's offsets are polled,
   not the table, so the measurement puts no load on the database the role is writing to.
+  On TimescaleDB this includes what the role does there besides writing: the pipeline has
+  numeric fields, so the role creates its continuous aggregate (`dashpipe.rollups`) and
+  refreshes the minutes its rows touch while it writes.
 
 The figure of every side is taken by the database's own clock: `stored_at` (the transaction
 start, `DEFAULT now()`) of its rows gives (rows in all but the last transaction) / (last
@@ -40,11 +59,12 @@ to cost the role's database ~0.17 s of scans per run, and could only place the e
 0.1 s of a ~1.2 s window). The in-process sides' wall-clock rates are printed as a
 cross-check.
 
-`--rounds` (3; --quick 1): every side once per round, the order rotating so each goes first
-once in three; the median per side is kept. Printed: rows/s of each side, the ratios ours end
-to end / baseline (goal >= 0.8) and ours in-process / baseline, rows per transaction, the
-persist process's CPU microseconds per row (from its first stored row to its last commit);
-one `record()` each for `persist` (end to end) and `persist-writer` (in-process).
+`--rounds` (3; --quick 1): every side once per round on each storage, the order rotating so
+each goes first once in three; the median per side is kept. Printed per storage: rows/s of
+each side, the ratios ours end to end / baseline (goal >= 0.8) and ours in-process / baseline,
+rows per transaction, the persist process's CPU microseconds per row (from its first stored
+row to its last commit); one `record()` each for `persist` and `persist-writer` (plain
+PostgreSQL) and `persist-timescaledb` and `persist-writer-timescaledb`.
 `--profile FILE` runs `py-spy record -f raw` on the persist process over the measured window
 of the first round.
 
@@ -75,24 +95,28 @@ from bench_mapping import MAPPING, payload
 from harness import (
     Child,
     bootstrap_servers,
+    check_database,
     child,
     child_env,
+    compression_policy_ran,
     cpu_seconds,
     dashpipe_command,
+    database_url,
+    drop_schema,
     profiler,
     record,
     scratch_prefix,
     setup_logging,
+    storages,
 )
 from pydantic import SecretStr
 
 from agents.persist import Row, Writer, to_row
 from dashpipe import db, kafka
 from dashpipe.batcher import Record, partition_for, send_records
-from dashpipe.errors import ConfigError, DashpipeError
+from dashpipe.errors import DashpipeError
 from dashpipe.runtime import open_runtime
 from dashpipe.settings import ADMIN, DatabaseSettings, Settings, load_settings
-from dashpipe.stack import endpoints
 from dashpipe.topics import TopicNames
 from schemas.mapping import Mapping
 from schemas.records import SCHEMA_VERSION
@@ -109,7 +133,14 @@ DIGEST = ("SELECT count(*), md5(string_agg(row_key || '|' || time::text || '|' |
           "',' ORDER BY row_key, time)) FROM pipeline_data")
 STORED_AT = ("SELECT min(stored_at), max(stored_at), "
              "count(*) FILTER (WHERE stored_at = (SELECT max(stored_at) FROM pipeline_data)), "
-             "count(DISTINCT stored_at) FROM pipeline_data")
+             "count(DISTINCT stored_at), (SELECT avg(n) FROM (SELECT count(DISTINCT tableoid) "
+             "AS n FROM pipeline_data GROUP BY stored_at) AS per) FROM pipeline_data")
+# TimescaleDB: the hypertable's chunks (and how many the policy compressed), the schema's
+# continuous aggregates (the role keeps one for a persisting pipeline's numeric fields)
+CHUNKS = ("SELECT count(*), count(*) FILTER (WHERE is_compressed), "
+          "(SELECT count(*) FROM timescaledb_information.continuous_aggregates "
+          "WHERE view_schema = $1) FROM timescaledb_information.chunks "
+          "WHERE hypertable_schema = $1 AND hypertable_name = 'pipeline_data'")
 
 
 @dataclass(frozen=True)
@@ -119,6 +150,8 @@ class Side:
     transactions: int  # distinct stored_at values: one per transaction
     wall_rate: float = 0.0  # rows/s by the bench's clock (the in-process sides only)
     cpu_us_per_row: float = 0.0  # the persist process (end to end only)
+    chunks: tuple[int, int, int] | None = None  # TimescaleDB: chunks, compressed, rollups
+    spread: float = 0.0  # chunks (partitions) a transaction wrote into, on average
 
 
 # --- the data -------------------------------------------------------------------------------
@@ -157,25 +190,6 @@ def months(rows: list[Row]) -> set[tuple[int, int]]:
 
 # --- the database ---------------------------------------------------------------------------
 
-def database_url(settings: Settings) -> str:
-    """DASHPIPE_DATABASE_URL, else the local stack's; exits 2 with a hint when neither."""
-    try:
-        return endpoints(settings).database_url.get_secret_value()
-    except ConfigError as exc:
-        print(f"bench: PostgreSQL is not configured: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-async def check_database(url: str) -> None:
-    try:
-        conn = await asyncpg.connect(url, timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        print(f"bench: PostgreSQL is not reachable ({type(exc).__name__}: {exc}); run "
-              "`dashpipe up` first", file=sys.stderr)
-        raise SystemExit(2) from None
-    await conn.close()
-
-
 def schema_settings(schema: str) -> DatabaseSettings:
     return DatabaseSettings(schema_name=schema)
 
@@ -193,17 +207,15 @@ async def scratch_schema(url: str, schema: str) -> AsyncIterator[bool]:
     pool = await db.create_pool(ds.model_copy(update={"url": SecretStr(url)}))
     try:
         found = await db.migrate(pool, ds)
+        log.info("created schema %s (%s)", schema, found.describe())
+        if found.hypertable:
+            await compression_policy_ran(pool, schema)
     finally:
         await pool.close()
-    log.info("created schema %s (%s)", schema, found.describe())
     try:
         yield found.hypertable
     finally:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(url, schema)
         log.info("dropped schema %s", schema)
 
 
@@ -219,20 +231,21 @@ async def checkpoint(url: str) -> None:
         await conn.close()
 
 
-async def digest(url: str, schema: str, expected: int) -> Side:
-    """The side's md5 over the stored rows, rows/s by the stored_at clock, transactions;
-    raises when rows are missing."""
+async def digest(url: str, schema: str, expected: int, hyper: bool) -> Side:
+    """The side's md5 over the stored rows, rows/s by the stored_at clock, transactions (and
+    the hypertable's chunks); raises when rows are missing."""
     conn = await connect(url, schema)
     try:
         count, md5 = await conn.fetchrow(DIGEST)
         if count != expected:
             raise RuntimeError(f"schema {schema} holds {count} rows, expected {expected}")
-        first, last, in_last, transactions = await conn.fetchrow(STORED_AT)
+        first, last, in_last, transactions, spread = await conn.fetchrow(STORED_AT)
+        chunks = tuple(await conn.fetchrow(CHUNKS, schema)) if hyper else None
     finally:
         await conn.close()
     span = (last - first).total_seconds()
     return Side(digest=str(md5), rate=(expected - in_last) / span if span > 0 else float("nan"),
-                transactions=int(transactions))
+                transactions=int(transactions), chunks=chunks, spread=float(spread))
 
 
 # --- the sides ------------------------------------------------------------------------------
@@ -253,7 +266,7 @@ async def baseline(url: str, schema: str, rows: list[Row]) -> Side:
             elapsed = time.perf_counter() - start
         finally:
             await conn.close()
-        side = await digest(url, schema, len(rows))
+        side = await digest(url, schema, len(rows), hyper)
     return dataclasses.replace(side, wall_rate=len(rows) / elapsed)
 
 
@@ -276,7 +289,7 @@ async def in_process(url: str, schema: str, rows: list[Row]) -> Side:
             elapsed = time.perf_counter() - start
         finally:
             await pool.close()
-        side = await digest(url, schema, len(rows))
+        side = await digest(url, schema, len(rows), hyper)
     return dataclasses.replace(side, wall_rate=len(rows) / elapsed)
 
 
@@ -348,7 +361,7 @@ async def end_to_end(args: argparse.Namespace, settings: Settings, servers: str,
                      schema: str, values: list[tuple[bytes, bytes, int]],
                      profile: Path | None) -> tuple[Side, float]:
     async with scratch_prefix(servers, settings, "persist") as prefix, \
-            scratch_schema(url, schema), \
+            scratch_schema(url, schema) as hyper, \
             kafka.started(kafka.admin(servers, settings.kafka)) as admin:
         names = TopicNames.from_prefix(prefix)
         await register(settings, servers, prefix)
@@ -374,7 +387,7 @@ async def end_to_end(args: argparse.Namespace, settings: Settings, servers: str,
                                      args.profile_seconds)
         finally:
             await conn.close()
-        side = await digest(url, schema, len(values))
+        side = await digest(url, schema, len(values), hyper)
     return dataclasses.replace(side, cpu_us_per_row=cpu_us), filled
 
 
@@ -409,61 +422,104 @@ def median(sides: list[Side]) -> Side:
     return sorted(sides, key=lambda side: side.rate)[(len(sides) - 1) // 2]
 
 
-async def run(args: argparse.Namespace) -> None:
-    settings = load_settings()
-    servers = await bootstrap_servers(settings)
-    url = database_url(settings)
-    await check_database(url)
-    log.info("making %d transformed records", args.records)
-    values = transformed_values(args.records)
-    rows = [to_row(value) for _, value, _ in values]
-    tag = uuid.uuid4().hex[:8]
+SUFFIX = {"postgres": "", "timescaledb": "-timescaledb"}  # of the record() names
+LABEL = {"postgres": "plain PostgreSQL", "timescaledb": "TimescaleDB"}
+
+
+async def rounds(args: argparse.Namespace, settings: Settings, servers: str, url: str,
+                 schema: str, values: list[tuple[bytes, bytes, int]], rows: list[Row]
+                 ) -> tuple[dict[str, list[Side]], list[float]]:
+    """Every side `args.rounds` times on one storage, the order rotating."""
     done: dict[str, list[Side]] = {"base": [], "writer": [], "role": []}
     fills: list[float] = []
     for round_ in range(args.rounds):
         order = list(done)
         order = order[round_ % 3:] + order[:round_ % 3]  # each side goes first once in 3
         for name in order:
-            schema = f"bench_persist_{tag}_{name}{round_}"
+            scratch = f"{schema}_{name}{round_}"
             if name == "base":
-                side = await baseline(url, schema, rows)
+                side = await baseline(url, scratch, rows)
             elif name == "writer":
-                side = await in_process(url, schema, rows)
+                side = await in_process(url, scratch, rows)
             else:
                 first = not done["role"]  # --profile: the first round only
-                side, filled = await end_to_end(args, settings, servers, url, schema, values,
+                side, filled = await end_to_end(args, settings, servers, url, scratch, values,
                                                 args.profile if first else None)
                 fills.append(filled)
-            log.info("round %d, %s: %.0f rows/s (%d transactions)",
-                     round_ + 1, name, side.rate, side.transactions)
+            log.info("round %d, %s: %.0f rows/s (%d transactions%s)", round_ + 1, name,
+                     side.rate, side.transactions, "" if side.chunks is None else
+                     f"; {side.chunks[1]} of {side.chunks[0]} chunks compressed")
             done[name].append(side)
-    digests = {side.digest for sides in done.values() for side in sides}
-    if len(digests) != 1:
-        raise RuntimeError(f"the sides stored different rows: md5s {sorted(digests)}")
+    return done, fills
+
+
+def report(args: argparse.Namespace, storage: str, done: dict[str, list[Side]],
+           fills: list[float]) -> None:
     base, inproc, ours = median(done["base"]), median(done["writer"]), median(done["role"])
     ratio, in_ratio = ours.rate / base.rate, inproc.rate / base.rate
 
     def rates(name: str) -> list[int]:
         return [round(side.rate) for side in done[name]]
 
-    print(f"persist ({args.records:,} rows, median of {args.rounds} round(s), by the stored_at "
-          f"clock): ours end to end {ours.rate:,.0f} rows/s "
+    chunks = ""
+    if ours.chunks is not None:
+        compressed = max(side.chunks[1] for sides in done.values() for side in sides
+                         if side.chunks is not None)
+        chunks = (f"; hypertable of {ours.chunks[0]} chunks, compression policy on "
+                  f"(compressed during a side: at most {compressed}), continuous aggregates "
+                  f"kept by the role end to end: {ours.chunks[2]}")
+    print(f"persist on {LABEL[storage]} ({args.records:,} rows, median of {args.rounds} "
+          f"round(s), by the stored_at clock): ours end to end {ours.rate:,.0f} rows/s "
           f"({args.records / ours.transactions:,.0f} rows per transaction), ours in-process "
           f"Writer.write {inproc.rate:,.0f} rows/s, bare copy_records_to_table "
           f"{base.rate:,.0f} rows/s; ratio end to end {ratio:.3f} (goal >= 0.8), in-process "
           f"{in_ratio:.3f}; persist process {ours.cpu_us_per_row:.1f} CPU us per row; by the "
           f"bench's clock: Writer {inproc.wall_rate:,.0f}, bare {base.wall_rate:,.0f} rows/s; "
-          f"every side stored identical rows (md5 {base.digest}); per round: role "
-          f"{rates('role')}, Writer {rates('writer')}, bare {rates('base')}", flush=True)
-    common = {"records": args.records, "batch_rows": BATCH_ROWS, "rounds": args.rounds,
-              "baseline_rounds": rates("base"), "clock": "stored_at", "quick": args.quick}
-    record("persist", unit="rows/s", ours=round(ours.rate), baseline=round(base.rate),
-           ours_rounds=rates("role"), transactions=ours.transactions,
+          f"per round: role {rates('role')}, Writer {rates('writer')}, bare {rates('base')}; "
+          f"{'chunks' if ours.chunks else 'partitions'} written per transaction: role "
+          f"{ours.spread:.1f}, Writer {inproc.spread:.1f}, bare {base.spread:.1f}{chunks}",
+          flush=True)
+    common = {"storage": storage, "records": args.records, "batch_rows": BATCH_ROWS,
+              "rounds": args.rounds, "baseline_rounds": rates("base"), "clock": "stored_at",
+              "quick": args.quick}
+    record(f"persist{SUFFIX[storage]}", unit="rows/s", ours=round(ours.rate),
+           baseline=round(base.rate), ours_rounds=rates("role"), transactions=ours.transactions,
            ours_cpu_us_per_row=round(ours.cpu_us_per_row, 2), in_process=round(inproc.rate),
            fill_rate=round(statistics.median(fills)), **common)
-    record("persist-writer", unit="rows/s", ours=round(inproc.rate), baseline=round(base.rate),
-           ours_rounds=rates("writer"), transactions=inproc.transactions,
-           ours_wall=round(inproc.wall_rate), baseline_wall=round(base.wall_rate), **common)
+    record(f"persist-writer{SUFFIX[storage]}", unit="rows/s", ours=round(inproc.rate),
+           baseline=round(base.rate), ours_rounds=rates("writer"),
+           transactions=inproc.transactions, ours_wall=round(inproc.wall_rate),
+           baseline_wall=round(base.wall_rate), **common)
+
+
+async def run(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    servers = await bootstrap_servers(settings)
+    url = database_url(settings)
+    await check_database(url)
+    urls = await storages(url)
+    if "timescaledb" not in urls:
+        print("persist: this PostgreSQL server has no TimescaleDB extension: plain PostgreSQL "
+              "only", flush=True)
+    log.info("making %d transformed records", args.records)
+    values = transformed_values(args.records)
+    rows = [to_row(value) for _, value, _ in values]
+    tag = uuid.uuid4().hex[:8]
+    digests: dict[str, set[str]] = {}
+    for storage, storage_url in urls.items():
+        log.info("storage %s: %s", storage, LABEL[storage])
+        done, fills = await rounds(args, settings, servers, storage_url,
+                                   f"bench_persist_{tag}_{storage[:2]}", values, rows)
+        digests[storage] = {side.digest for sides in done.values() for side in sides}
+        if len(digests[storage]) != 1:
+            raise RuntimeError(f"the sides stored different rows on {storage}: md5s "
+                               f"{sorted(digests[storage])}")
+        report(args, storage, done, fills)
+    every = set().union(*digests.values())
+    if len(every) != 1:
+        raise RuntimeError(f"the storages hold different rows: md5s {digests}")
+    print(f"persist: every side on {' and '.join(LABEL[s] for s in urls)} stored identical rows "
+          f"(md5 {every.pop()})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,8 +25,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import orjson
 from aiokafka.admin import NewTopic
 
@@ -136,8 +138,8 @@ def record(name: str, *, unit: str = "rec/s", **figures: Any) -> float:
     """
     ratio = float(figures["ours"]) / float(figures["baseline"])
     extras = " ".join(f"{k}={v}" for k, v in figures.items() if k not in ("ours", "baseline"))
-    print(f"{name}: ours {figures['ours']:,.0f} {unit}, baseline {figures['baseline']:,.0f} "
-          f"{unit}, ratio {ratio:.3f}  ({extras})", flush=True)
+    print(f"{name}: ours {_figure(figures['ours'])} {unit}, baseline "
+          f"{_figure(figures['baseline'])} {unit}, ratio {ratio:.3f}  ({extras})", flush=True)
     if unit != "rec/s":
         figures = {**figures, "unit": unit}
     line = {"ts": datetime.now(UTC).isoformat(timespec="seconds"), "bench": name,
@@ -147,6 +149,124 @@ def record(name: str, *, unit: str = "rec/s", **figures: Any) -> float:
     with path.open("ab") as out:
         out.write(orjson.dumps(line) + b"\n")
     return ratio
+
+
+def _figure(value: Any) -> str:
+    """Thousands separated; three significant digits below 100 (latencies, queries/s)."""
+    v = float(value)
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+# --- PostgreSQL: the stack's server, both storages ------------------------------------------
+
+def database_url(settings: Settings) -> str:
+    """DASHPIPE_DATABASE_URL, else the local stack's; exits 2 with a hint when neither."""
+    try:
+        return endpoints(settings).database_url.get_secret_value()
+    except ConfigError as exc:
+        print(f"bench: PostgreSQL is not configured: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def check_database(url: str) -> None:
+    """Exits 2 with a one-line hint when PostgreSQL does not answer."""
+    try:
+        conn = await asyncpg.connect(url, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        print(f"bench: PostgreSQL is not reachable ({type(exc).__name__}: {exc}); run "
+              "`dashpipe up` first", file=sys.stderr)
+        raise SystemExit(2) from None
+    await conn.close()
+
+
+async def storages(url: str) -> dict[str, str]:
+    """Storage (`postgres`, `timescaledb`) -> the URL of a database for it on the server of
+    `url`, found as the tests find them: the stack's database for the storage it has, and a
+    sibling for the other, created when missing (`<db>_plain` without the extension, or
+    `<db>_timescaledb` with it when the server can load it). A storage the server cannot
+    give (TimescaleDB not installed) is absent."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        has = await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+        can = await conn.fetchval(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        name = await conn.fetchval("SELECT current_database()")
+    finally:
+        await conn.close()
+    if has:
+        return {"postgres": await _sibling(url, f"{name}_plain", False), "timescaledb": url}
+    found = {"postgres": url}
+    if can:
+        found["timescaledb"] = await _sibling(url, f"{name}_timescaledb", True)
+    return found
+
+
+async def _sibling(url: str, name: str, timescaledb: bool) -> str:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # a parallel session
+                await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    other = urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+    if timescaledb:
+        conn = await asyncpg.connect(other, timeout=10)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        finally:
+            await conn.close()
+    return other
+
+
+async def compression_policy_ran(pool: asyncpg.Pool, schema: str, wait: float = 30.0) -> None:
+    """Wait for the first run of a new hypertable's compression policy: TimescaleDB's scheduler
+    starts it a few seconds after the policy is added (the next an hour or more later). On an
+    empty table it has nothing to do; under a measurement writing rows older than its
+    `compress_after` it would compress the very chunks being written."""
+    start = time.monotonic()
+    while time.monotonic() - start < wait:
+        runs = await pool.fetchval(
+            "SELECT s.total_runs FROM timescaledb_information.jobs j JOIN "
+            "timescaledb_information.job_stats s USING (job_id) WHERE j.proc_name = "
+            "'policy_compression' AND j.hypertable_schema = $1", schema)
+        if runs:
+            log.info("compression policy's first run done after %.1f s", time.monotonic() - start)
+            return
+        await asyncio.sleep(0.2)
+    log.warning("the compression policy of %s has not run within %.0f s; it may run while "
+                "measured", schema, wait)
+
+
+# TimescaleDB's jobs of a schema: its hypertables' policies and its continuous aggregates'
+# (which the view lists under the aggregate's own schema)
+_JOBS = ("SELECT j.job_id, e.extnamespace::regnamespace::text FROM "
+         "timescaledb_information.jobs j, pg_extension e "
+         "WHERE e.extname = 'timescaledb' AND j.hypertable_schema = $1")
+
+
+async def drop_schema(url: str, schema: str) -> None:
+    """A scratch schema and everything in it. Its TimescaleDB jobs are deleted first (a
+    running one is stopped): a policy running while its hypertable is dropped fails the drop
+    with "tuple concurrently deleted", so that is retried too."""
+    conn = await asyncpg.connect(url)
+    try:
+        for attempt in range(5):
+            try:
+                if await conn.fetchval("SELECT 1 FROM pg_extension "
+                                       "WHERE extname = 'timescaledb'"):
+                    for job, ext in await conn.fetch(_JOBS, schema):
+                        await conn.execute(f'SELECT "{ext}".delete_job($1)', job)
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                return
+            except (asyncpg.InternalServerError, asyncpg.LockNotAvailableError,
+                    asyncpg.DeadlockDetectedError) as exc:
+                if attempt == 4:
+                    raise
+                log.info("dropping schema %s: %s; again", schema, exc)
+                await asyncio.sleep(0.5 * (attempt + 1))
+    finally:
+        await conn.close()
 
 
 # --- processes, ports and scratch topic sets (the benchmarks that run our roles) ------------
