@@ -41,9 +41,10 @@ bench: up  ## benchmarks: ratios against Kafka's own perf tools, appended to ben
 bench-quick: up  ## the benchmarks on small inputs (a smoke run)
 	$(BIN)/python bench/run_all.py --quick
 
-lint: install  ## ruff, mypy, and a check that the JSON Schemas are current
+lint: install  ## ruff, mypy, the layer rules (imports point down), and current JSON Schemas
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python tests/layers.py
 	$(BIN)/dashpipe schemas check
 
 schemas: install  ## re-export the JSON Schemas in schemas/

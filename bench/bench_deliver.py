@@ -80,15 +80,14 @@ from harness import (
     topic_counter,
 )
 
-from agents.deliver import message_id
-from agents.signatures import new_secret
-from agents.sinks.webhook import webhook_request
+from agents.deliver.sinks.webhook import webhook_request
 from dashpipe import kafka
 from dashpipe.errors import DashpipeError
 from dashpipe.settings import KafkaSettings, Settings, load_settings
+from dashpipe.signatures import new_secret
 from dashpipe.topics import TopicNames
 from schemas.pipeline import Pipeline, SinkSpec, WebhookSink
-from schemas.records import SCHEMA_VERSION, now
+from schemas.records import SCHEMA_VERSION, message_id, now
 
 log = logging.getLogger("bench.deliver")
 

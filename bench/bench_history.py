@@ -1,4 +1,4 @@
-"""Data API: latency of `agents.history.series` (what `GET /api/pipelines/{id}/data` runs) over
+"""Data API: latency of `agents.web.history.series` (what `GET /api/pipelines/{id}/data` runs) over
 30 days of 1-second rows of one pipeline, answered from the raw rows against the same answer
 from the pipeline's continuous aggregate, on TimescaleDB.
 
@@ -66,7 +66,7 @@ from harness import (
 )
 from pydantic import SecretStr
 
-from agents import history
+from agents.web import history
 from dashpipe import db, rollups
 from dashpipe.errors import DashpipeError
 from dashpipe.settings import DatabaseSettings, load_settings

@@ -11,9 +11,10 @@ from `geometry.coordinates[2]`), `depth_m` (the same, `scale: 1000` then `round:
 
 Three sides, each going over the same list of payload bytes:
 
-- ours: `orjson.loads(payload)`, the mapping compiled once by `streams.compiler.compile_mapping`,
-  then for each row `orjson.dumps` (OPT_UTC_Z) of a dict shaped exactly like the transformed
-  record `streams.mapper` writes (pipeline_id, team_id, time, key, fields, lineage,
+- ours: `orjson.loads(payload)`, the mapping compiled once by
+  `streams.mapping.compiler.compile_mapping`, then for each row `orjson.dumps` (OPT_UTC_Z) of a
+  dict shaped exactly like the transformed record `streams.mapping.mapper` writes (pipeline_id,
+  team_id, time, key, fields, lineage,
   mapping_version, ingest_id, schema_version);
 - hand-written: the plainest fast Python doing the same job with orjson: parse, index the same
   values directly, `float()` / `str()` them, scale and round the depth, turn epoch ms into a
@@ -48,7 +49,7 @@ from harness import record, setup_logging
 
 from schemas.mapping import Mapping
 from schemas.records import SCHEMA_VERSION
-from streams.compiler import compile_mapping
+from streams.mapping.compiler import compile_mapping
 
 log = logging.getLogger("bench.mapping")
 
@@ -130,7 +131,8 @@ def payloads(n: int, per_payload: int, seed: int = 7, clean: bool = False) -> li
 # --- the three sides ------------------------------------------------------------------------
 
 def ours_side(spec: dict[str, Any]) -> tuple[Side, Callable[[bytes, int], list[bytes]]]:
-    """Ours, as `streams.mapper.map_record` builds transformed records (the Kafka parts aside)."""
+    """Ours, as `streams.mapping.mapper.map_record` builds transformed records (the Kafka
+    parts aside)."""
     run = compile_mapping(Mapping.model_validate(spec))
     prefix = {"pipeline_id": PIPELINE_ID, "team_id": TEAM_ID}
     received = datetime.now(UTC)

@@ -8,13 +8,14 @@ The storages: the stack's PostgreSQL server, found as the tests find them
 (without the extension) or `<db>_timescaledb` for the other, created when missing. A server
 without TimescaleDB gets one line saying so and the plain side only.
 
-The data: `--records` (200,000) transformed records exactly as `streams.mapper` writes them
+The data: `--records` (200,000) transformed records exactly as `streams.mapping.mapper` writes them
 (JSON: pipeline_id, team_id, time, key, fields, lineage, mapping_version, ingest_id,
 schema_version; one row each), made by the README mapping (`bench_mapping.MAPPING`) from
 one-feature USGS-style payloads, all distinct identities (pipeline, row key, time), times over
-~18 days (two monthly partitions). `agents.persist.to_row` turns each into a `pipeline_data`
-row (time, team_id, pipeline_id, row_key, data as jsonb text, raw_partition, raw_offset,
-row_index, mapping_version, ingest_id); the bare sides get those tuples, prepared in memory.
+~18 days (two monthly partitions). `agents.persist.persister.to_row` turns each into a
+`pipeline_data` row (time, team_id, pipeline_id, row_key, data as jsonb text, raw_partition,
+raw_offset, row_index, mapping_version, ingest_id); the bare sides get those tuples, prepared in
+memory.
 
 Each side writes into its own scratch schema (`bench_persist_<tag>_<storage>_<side>`, migrated
 with `dashpipe.db.migrate`: the same table, primary key and index; on plain PostgreSQL native
@@ -37,7 +38,7 @@ side's dirty pages.
   records=..., columns=db.COLUMNS)` in batches of 5,000 rows (the role's
   `DASHPIPE_DATABASE_PERSIST_BATCH_ROWS`), one transaction per batch, one batch after another;
   timed from the first batch to the last commit.
-- ours, in-process: `agents.persist.Writer.write` (the role's database path: pool acquire,
+- ours, in-process: `agents.persist.persister.Writer.write` (the role's database path: pool acquire,
   partition check, transaction, COPY fast path) on the same rows in the same batches, timed
   the same way. It isolates the database path from the consumer.
 - ours, end to end: the records are written to the transformed topic of a fresh topic prefix
@@ -111,7 +112,7 @@ from harness import (
 )
 from pydantic import SecretStr
 
-from agents.persist import Row, Writer, to_row
+from agents.persist.persister import Row, Writer, to_row
 from dashpipe import db, kafka
 from dashpipe.batcher import Record, partition_for, send_records
 from dashpipe.errors import DashpipeError
@@ -120,7 +121,7 @@ from dashpipe.settings import ADMIN, DatabaseSettings, Settings, load_settings
 from dashpipe.topics import TopicNames
 from schemas.mapping import Mapping
 from schemas.records import SCHEMA_VERSION
-from streams.compiler import compile_mapping
+from streams.mapping.compiler import compile_mapping
 
 log = logging.getLogger("bench.persist")
 
@@ -157,7 +158,8 @@ class Side:
 # --- the data -------------------------------------------------------------------------------
 
 def transformed_values(n: int) -> list[tuple[bytes, bytes, int]]:
-    """`n` transformed records as `streams.mapper` writes them: (key, value, timestamp ms)."""
+    """`n` transformed records as `streams.mapping.mapper` writes them: (key, value,
+    timestamp ms)."""
     run = compile_mapping(Mapping.model_validate(MAPPING))
     rng = random.Random(23)
     prefix = {"pipeline_id": PIPELINE_ID, "team_id": TEAM_ID}

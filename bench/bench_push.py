@@ -25,7 +25,7 @@ same row bytes, newline-separated, that the bare server puts on every client's q
 `asyncio.Queue` and one handler loop per client, writing `event: row\nid: <n>\ndata: <row>`;
 ours writes the same event with its position as the id). Deliveries/s = N x M / (from just
 before publishing until the last client has its M-th row). M stays at most
-`agents.push.QUEUE_ROWS` (1,000): ours reads up to 2,000 rows per `getmany` and puts them all on
+`agents.web.push.QUEUE_ROWS` (1,000): ours reads up to 2,000 rows per `getmany` and puts them all on
 every subscriber's queue before any handler runs, so a larger burst overflows the queues and
 disconnects every client (`event: overflow`), however fast; the run then fails saying so.
 The clients count `event: row` markers in the raw stream (no per-event parsing), so they stay
@@ -87,12 +87,12 @@ from harness import (
 )
 from mode.loop import use as use_loop
 
-from agents import push
-from agents.signatures import ORIGINAL_HEADER, sign_original
+from agents.web import push
 from dashpipe import kafka
 from dashpipe.batcher import Record, partition_for, send_records
 from dashpipe.errors import DashpipeError
 from dashpipe.settings import load_settings
+from dashpipe.signatures import ORIGINAL_HEADER, sign_original
 from dashpipe.topics import TopicNames
 from schemas.records import SCHEMA_VERSION
 

@@ -1,4 +1,4 @@
-"""Replay: raw records/s of `streams.replay.replay` (written) against the records/s Kafka's
+"""Replay: raw records/s of `streams.replay.replay.replay` (written) against the records/s Kafka's
 ConsumerPerformance reads the same raw records at.
 
 Setup (as `bench_mapper.py`): a fresh topic prefix (and consumer-group prefix) with the whole
@@ -17,9 +17,9 @@ the raw topic (all its partitions, with its own group) as `bench_consumer.py` ru
 joining the group is), and its fetch-only rate `fetch.nMsg.sec` (joining the group excluded),
 reported as a second ratio.
 
-Ours: `streams.replay.replay(rt, pipeline, "0", None, workers=--workers)`, a written replay (not a
-dry run) of the whole range, on 2 worker processes by default (`--workers 1`: in this process; see
-`streams/replay_workers.py`), driven from this process, on a runtime opened by
+Ours: `streams.replay.replay.replay(rt, pipeline, "0", None, workers=--workers)`, a written replay
+(not a dry run) of the whole range, on 2 worker processes by default (`--workers 1`: in this
+process; see `streams/replay/workers.py`), driven from this process, on a runtime opened by
 `dashpipe.runtime.open_runtime` on the scratch prefix. The timed span is from the call to its
 return: finding the partition and the offsets (`bounds()`: metadata + a short-lived consumer),
 starting the replay's consumer, then reading the partition with `getmany`, mapping every record
@@ -27,10 +27,10 @@ with the pipeline's compiled mapping, writing each batch's transformed rows with
 waiting for Kafka's acks before the next `getmany`, and the checkpoint file written after each
 batch (into a temporary state dir). Excluded: the runtime's start-up (producer start, registry read
 to the end, HTTP session), like JVM start-up on the other side. `loop` figures count from the
-replay's own `Status.started` (after `bounds()`) to the end. This process's CPU time, its workers'
-included (utime + stime of every thread, the Kafka clients' included; the broker is another
-process) over the call is reported per 1,000 records. `--rounds` (3): each round runs the tool,
-then ours; the median of the rounds' ratios is the figure. The written rows are checked:
+replay's own `ReplayStatus.started` (after `bounds()`) to the end. This process's CPU time, its
+workers' included (utime + stime of every thread, the Kafka clients' included; the broker is
+another process) over the call is reported per 1,000 records. `--rounds` (3): each round runs
+the tool, then ours; the median of the rounds' ratios is the figure. The written rows are checked:
 `--records` records and rows, no dead letter, and `--records` more records on
 `<prefix>.transformed` each round. Worker start-up (a Python process each) is inside the timed
 span.
@@ -79,7 +79,8 @@ from dashpipe.errors import DashpipeError
 from dashpipe.runtime import open_runtime
 from dashpipe.settings import ADMIN, Settings, load_settings
 from dashpipe.topics import TopicNames
-from streams.replay import Status, replay
+from streams.replay.replay import replay
+from streams.replay.status import ReplayStatus
 
 log = logging.getLogger("bench.replay")
 
@@ -88,7 +89,7 @@ log = logging.getLogger("bench.replay")
 class Run:
     summary: dict[str, Any]
     seconds: float  # call to return
-    loop_seconds: float  # Status.started (after bounds()) to the end
+    loop_seconds: float  # ReplayStatus.started (after bounds()) to the end
     cpu_s: float  # this process, over the call
 
     @property
@@ -124,7 +125,7 @@ async def replay_once(settings: Settings, servers: str, dry_run: bool, workers: 
         ended: list[float] = []
         started: list[float] = []
 
-        def progress(status: Status) -> None:
+        def progress(status: ReplayStatus) -> None:
             if not started:
                 started.append(status.started)
             if status.done:

@@ -47,8 +47,8 @@ from harness import (
     wait_http,
 )
 
-from agents.signatures import ORIGINAL_HEADER, sign_original
 from dashpipe.settings import load_settings
+from dashpipe.signatures import ORIGINAL_HEADER, sign_original
 from dashpipe.topics import TopicNames
 
 log = logging.getLogger("bench.webhook")

@@ -33,10 +33,10 @@ import orjson
 from aiokafka.admin import NewTopic
 
 from dashpipe import kafka
+from dashpipe.cli.stack import endpoints, wait_for_kafka
+from dashpipe.cli.stack.kafka import JAVA_HINT, classpath, need
 from dashpipe.errors import ConfigError, StackError
 from dashpipe.settings import Settings, TopicSettings
-from dashpipe.stack import endpoints, wait_for_kafka
-from dashpipe.stack.kafka import JAVA_HINT, classpath, need
 from dashpipe.topics import TopicNames, catalogue, create_all
 
 log = logging.getLogger("bench")

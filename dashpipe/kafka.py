@@ -65,7 +65,10 @@ async def partitions(client: Any, *topics: str, timeout: float = 15.0) -> list[T
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        inner = client.client if isinstance(client, AIOKafkaProducer) else client._client
+        # a consumer has no public call that refreshes its metadata; its client's is the one
+        # Kafka-facing object aiokafka gives both kinds (the producer's is public)
+        inner = client.client if isinstance(client, AIOKafkaProducer) else \
+            client._client  # noqa: SLF001
         cluster = await inner.fetch_all_metadata()
         found = {t: cluster.partitions_for_topic(t) for t in topics}
         if all(found.values()):

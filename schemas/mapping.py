@@ -1,6 +1,6 @@
 """The mapping spec (`data_mapping` of a pipeline): declarative, validated here, compiled by
-`streams.compiler`. No user code is ever evaluated: paths, a closed set of types, transforms and
-conditions. Semantics in README "Mappings".
+`streams.mapping.compiler`. No user code is ever evaluated: paths, a closed set of types,
+transforms and conditions. Semantics in README "Mappings".
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from pydantic import (
     model_validator,
 )
 
-from dashpipe.jsonpath import compile_path
+from schemas.jsonpath import compile_path
 
 FieldType = Literal["string", "integer", "float", "boolean", "timestamp", "json"]
 EPOCH_FORMATS = {"epoch_s": 1, "epoch_ms": 1_000, "epoch_us": 1_000_000}
 TIME_FORMATS = (*EPOCH_FORMATS, "rfc3339")
-COMPARE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in")
-STRING_TRANSFORMS = ("lower", "upper", "trim")
 FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 
 

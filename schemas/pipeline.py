@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 from pydantic_core.core_schema import ErrorType
 
-from dashpipe.jsonpath import compile_path
+from schemas.jsonpath import compile_path
 from schemas.mapping import Mapping
 
 PipelineType = Literal["polling", "realtime", "derived"]
@@ -278,13 +278,13 @@ class Pipeline(BaseModel):
             except ValidationError as exc:
                 errors += _details(exc, prefix=("data_mapping",))
         if model is not None:
-            errors += model._fit_errors()
+            errors += model.fit_errors()
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         assert model is not None
         return model
 
-    def _fit_errors(self) -> list[InitErrorDetails]:
+    def fit_errors(self) -> list[InitErrorDetails]:
         out = []
         allowed = SOURCES_BY_TYPE[self.type]
         if self.source_type not in allowed:

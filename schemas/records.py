@@ -8,6 +8,7 @@ or a `DeadLetterResolution` (header `dashpipe-stage: redriven`) marking dead let
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
@@ -15,20 +16,21 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.headers import Header
+
 SCHEMA_VERSION = 1
 
-HEADER_PREFIX = "dashpipe-"
 # field name -> Kafka header name; header values are UTF-8 text.
 RAW_HEADERS: dict[str, str] = {
-    "pipeline_id": "dashpipe-pipeline-id",
-    "team_id": "dashpipe-team-id",
-    "source": "dashpipe-source",
-    "received_at": "dashpipe-received-at",
-    "ingest_id": "dashpipe-ingest-id",
+    "pipeline_id": Header.PIPELINE_ID,
+    "team_id": Header.TEAM_ID,
+    "source": Header.SOURCE,
+    "received_at": Header.RECEIVED_AT,
+    "ingest_id": Header.INGEST_ID,
     "content_type": "content-type",
-    "url": "dashpipe-url",
-    "http_status": "dashpipe-http-status",
-    "schema_version": "dashpipe-schema-version",
+    "url": Header.URL,
+    "http_status": Header.HTTP_STATUS,
+    "schema_version": Header.SCHEMA_VERSION,
 }
 
 
@@ -129,29 +131,6 @@ class DeadLetterResolution(_Record):
     schema_version: int = SCHEMA_VERSION
 
 
-PIPELINE_ID_HEADER = "dashpipe-pipeline-id"
-
-
-def pipeline_id_header(headers: Any) -> bytes | None:
-    """The raw `dashpipe-pipeline-id` header of a Kafka record, or None. dashpipe writes it
-    first, so the first header is checked before the others (this runs per record)."""
-    if headers and headers[0][0] == PIPELINE_ID_HEADER:
-        return headers[0][1]  # type: ignore[no-any-return]
-    for key, value in headers or ():
-        if key == PIPELINE_ID_HEADER:
-            return value  # type: ignore[no-any-return]
-    return None
-
-
-def header(headers: Any, name: str) -> str | None:
-    """The text of header `name` of a Kafka record, or None."""
-    for key, value in headers or ():
-        if key == name:
-            text: str = value.decode("utf-8", "replace")  # positional: faster; runs per record
-            return text
-    return None
-
-
 def dead_letter(stage: str, reason: str, pipeline_id: str, team_id: str, lineage: Any,
                 mapping_version: int | None, record: Any, *, sink_index: int | None = None,
                 attempts: list[dict[str, Any]] | None = None
@@ -163,8 +142,8 @@ def dead_letter(stage: str, reason: str, pipeline_id: str, team_id: str, lineage
         "attempts": attempts or [], "failed_at": now(), "record": record,
         "schema_version": SCHEMA_VERSION}, option=orjson.OPT_UTC_Z, default=str)
     key = pipeline_id.encode()
-    return key, value, [("dashpipe-pipeline-id", key), ("dashpipe-team-id", team_id.encode()),
-                        ("dashpipe-stage", stage.encode())]
+    return key, value, [(Header.PIPELINE_ID, key), (Header.TEAM_ID, team_id.encode()),
+                        (Header.STAGE, stage.encode())]
 
 
 def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, ingest_id: str,
@@ -174,22 +153,22 @@ def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, i
     without a model: this runs once per received payload."""
     seconds, millis = divmod(received_ms, 1000)
     out = [
-        ("dashpipe-pipeline-id", pipeline_id.encode()),
-        ("dashpipe-team-id", team_id.encode()),
-        ("dashpipe-source", source.encode()),
-        ("dashpipe-received-at", b"%s.%03dZ" % (_iso_second(seconds), millis)),
-        ("dashpipe-ingest-id", ingest_id.encode()),
-        ("content-type", content_type.encode()),
+        (Header.PIPELINE_ID, pipeline_id.encode()),
+        (Header.TEAM_ID, team_id.encode()),
+        (Header.SOURCE, source.encode()),
+        (Header.RECEIVED_AT, b"%s.%03dZ" % (_iso_second(seconds), millis)),
+        (Header.INGEST_ID, ingest_id.encode()),
+        (Header.CONTENT_TYPE, content_type.encode()),
     ]
     if url is not None:
-        out.append(("dashpipe-url", url.encode()))
+        out.append((Header.URL, url.encode()))
     if http_status is not None:
-        out.append(("dashpipe-http-status", str(http_status).encode()))
+        out.append((Header.HTTP_STATUS, str(http_status).encode()))
     out.append(_SCHEMA_VERSION_HEADER)
     return out
 
 
-_SCHEMA_VERSION_HEADER = ("dashpipe-schema-version", str(SCHEMA_VERSION).encode())
+_SCHEMA_VERSION_HEADER = (Header.SCHEMA_VERSION, str(SCHEMA_VERSION).encode())
 
 
 @lru_cache(maxsize=4)
@@ -198,8 +177,21 @@ def _iso_second(seconds: int) -> bytes:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def message_id(pipeline_id: str, lineage: Any, sink_index: int) -> str:
+    """The Standard Webhooks `webhook-id` of a row's delivery to one sink: the same on every
+    attempt, restart and replay, so receivers can deduplicate."""
+    text = (f"{pipeline_id}:{lineage['raw_partition']}:{lineage['raw_offset']}:"
+            f"{lineage['row_index']}:{sink_index}")
+    return "msg_" + hashlib.sha256(text.encode()).digest()[:16].hex()
+
+
+def retry_record(pipeline_id: str, sink_index: int, msg_id: str, rows: list[Any],
+                 attempts: list[Any], due_at: float) -> bytes:
+    """The value of a record in the delivery retry topic (key = pipeline id): a delivery
+    that failed, its attempts so far, and when it is due again (unix seconds)."""
+    return orjson.dumps({"pipeline_id": pipeline_id, "sink_index": sink_index,
+                         "msg_id": msg_id, "rows": rows, "attempts": attempts,
+                         "due_at": due_at, "schema_version": SCHEMA_VERSION})
 
 
 def now() -> datetime:

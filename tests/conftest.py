@@ -31,7 +31,9 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from dashpipe import kafka, stack, topics
+from dashpipe import kafka, topics
+from dashpipe.cli import stack
+from dashpipe.cli.stack import Endpoints
 from dashpipe.settings import (
     DatabaseSettings,
     EgressSettings,
@@ -42,7 +44,6 @@ from dashpipe.settings import (
     WebSettings,
     load_settings,
 )
-from dashpipe.stack import Endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -225,7 +226,8 @@ async def db(settings: Settings, storage: Storage) -> AsyncIterator[asyncpg.Pool
 async def start_roles(settings: Settings) -> AsyncIterator[Any]:
     """`await start_roles("web", "poll", **overrides)` runs roles in this process (as
     `dashpipe run` does) against the test's topics; everything stops after the test."""
-    from dashpipe.runtime import Runtime, open_runtime, run_roles
+    from dashpipe.cli.roles import run_roles
+    from dashpipe.runtime import Runtime, open_runtime
 
     stack_ = AsyncExitStack()
     tasks: list[asyncio.Task[None]] = []

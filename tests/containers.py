@@ -7,7 +7,7 @@ be checked without an engine; `build` applies one to a container, and `started` 
 
 Readiness has two halves. Inside the container, testcontainers waits for the service's own
 log line (and for PostgreSQL, `pg_isready` over TCP). Then, from the host, a real client call
-with a deadline: a Kafka metadata request (`dashpipe.stack.wait_for_kafka`) and an asyncpg
+with a deadline: a Kafka metadata request (`dashpipe.cli.stack.wait_for_kafka`) and an asyncpg
 connection that checks the server is PostgreSQL 15 with TimescaleDB 2.28.3 available.
 """
 
@@ -30,9 +30,9 @@ from testcontainers.core.wait_strategies import (
 )
 from testcontainers.core.waiting_utils import WaitStrategy
 
+from dashpipe.cli.stack import Endpoints, wait_for_kafka
+from dashpipe.cli.stack.state import free_port
 from dashpipe.errors import StackError
-from dashpipe.stack import Endpoints, wait_for_kafka
-from dashpipe.stack.state import free_port
 
 KAFKA_IMAGE = "apache/kafka:4.1.1"
 TIMESCALEDB_VERSION = "2.28.3"

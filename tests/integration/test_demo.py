@@ -8,9 +8,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from dashpipe import demo, sample_api
+from dashpipe.cli import demo, sample_api
+from dashpipe.cli.sample_api import QuakeFeed
 from dashpipe.runtime import open_runtime
-from dashpipe.sample_api import QuakeFeed
 from dashpipe.settings import Settings
 from schemas.records import RawMetadata
 from tests.helpers import read_topic, wait_until

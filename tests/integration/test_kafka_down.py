@@ -14,11 +14,12 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from agents.signatures import sign_original
 from dashpipe import kafka, topics
-from dashpipe.runtime import open_runtime, run_roles
+from dashpipe.cli.roles import run_roles
+from dashpipe.cli.stack import Endpoints
+from dashpipe.runtime import open_runtime
 from dashpipe.settings import ADMIN, KafkaSettings, WebhookSettings
-from dashpipe.stack import Endpoints
+from dashpipe.signatures import sign_original
 from tests.conftest import make_settings
 
 ENV_KEYS = ("DASHPIPE_KAFKA_BOOTSTRAP_SERVERS", "DASHPIPE_DATABASE_URL")

@@ -13,8 +13,10 @@ import asyncpg
 import orjson
 import pytest
 
-from dashpipe import cli, kafka, offsets
-from dashpipe.runtime import Runtime, open_runtime, run_roles
+from dashpipe import cli, kafka
+from dashpipe.cli import offsets
+from dashpipe.cli.roles import run_roles
+from dashpipe.runtime import Runtime, open_runtime
 from dashpipe.settings import ADMIN, Settings
 from tests.helpers import wait_until
 from tests.integration.test_mapper import write_raw

@@ -22,8 +22,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from agents.signatures import sign_original
 from dashpipe.settings import ApiSettings
+from dashpipe.signatures import sign_original
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}

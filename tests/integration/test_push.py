@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from agents import push
+from agents.web import push
 from dashpipe.settings import ADMIN, ApiSettings, Settings
 from tests.helpers import wait_until
 from tests.integration.test_mapper import webhook_pipeline, write_raw

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from dashpipe.settings import ADMIN, Settings
-from streams import replay as replays
+from streams.replay import replay as replays
 from tests.helpers import read_topic, topic_size, wait_until
 from tests.integration.test_mapper import webhook_pipeline, write_raw
 

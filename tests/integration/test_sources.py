@@ -16,8 +16,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from agents.sources import SOURCES, SourceError
-from agents.sources.base import FetchResult
+from agents.ingest.sources import SOURCES, SourceError
+from agents.ingest.sources.base import FetchResult
 from schemas.pipeline import GraphQLSource, HttpApiSource
 
 TOKEN = "tok-S3CRET-value"

@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from dashpipe.cli.stack import Endpoints
 from dashpipe.settings import Settings
-from dashpipe.stack import Endpoints
 
 ENV_KEYS = ("DASHPIPE_KAFKA_BOOTSTRAP_SERVERS", "DASHPIPE_DATABASE_URL")
 

@@ -23,8 +23,8 @@ import aiohttp
 import asyncpg
 from pydantic import SecretStr
 
-from agents.signatures import sign_original
 from dashpipe.settings import ADMIN, ApiSettings, Settings
+from dashpipe.signatures import sign_original
 from tests.helpers import wait_until
 
 TOKEN = "startup-admin-token"

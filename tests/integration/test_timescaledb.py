@@ -12,9 +12,9 @@ import asyncpg
 import orjson
 import pytest
 
-from agents import history
+from agents.web import history
 from dashpipe import db as dbm
-from dashpipe import stack
+from dashpipe.cli import stack
 from dashpipe.settings import ADMIN, DatabaseSettings, Settings
 from tests.conftest import Storage
 from tests.helpers import wait_until

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from agents.signatures import new_secret, sign_original, sign_standard
 from dashpipe.settings import ApiSettings, Settings, WebhookSettings
+from dashpipe.signatures import new_secret, sign_original, sign_standard
 from schemas.records import RawMetadata
 from tests.helpers import read_topic, topic_size
 

@@ -7,8 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from dashpipe import cli, pipeline_files
-from dashpipe.pipeline_files import FileError, check, read, table
+from dashpipe import cli
+from dashpipe.cli import pipeline_files
+from dashpipe.cli.pipeline_files import FileError, check, read, table
 from dashpipe.pipelines import parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,9 +186,9 @@ def test_an_unreadable_file_fails_before_kafka(tmp_path: Path,
     assert err.startswith(f"dashpipe: error: {path}: invalid JSON at line 1")
 
 
-def test_the_readme_example_is_valid() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Managing pipelines", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_example_is_valid() -> None:
+    readme = (ROOT / "docs" / "configuration.md").read_text()
+    section = readme.split("### Example", 1)[1].split("\n## ", 1)[0]
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     docs = pipeline_files.read("-", example)
     assert check(docs, {}) == [] and [d["id"] for d in docs] == ["shop-orders", "payments"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.dedup import SeenIds
+from agents.ingest.dedup import SeenIds
 
 
 class FakeClock:

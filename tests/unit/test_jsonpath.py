@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashpipe.jsonpath import MISSING, compile_path
+from schemas.jsonpath import MISSING, compile_path
 
 DOC: dict[str, Any] = {
     "a": {"b": {"c": 1}},

@@ -1,5 +1,5 @@
 """Example-based tests of mappings: the spec (`schemas.mapping`) and its compiler
-(`streams.compiler`), against README "## Mappings (role `map`)"."""
+(`streams.mapping.compiler`), against README "## Mappings (role `map`)"."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from schemas.mapping import Mapping
-from streams.compiler import Mapped, Row, RowError, compile_mapping
+from streams.mapping.compiler import Mapped, Row, RowError, compile_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -59,9 +59,10 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second:
 
 
 def readme_mapping() -> dict[str, Any]:
-    """The `data_mapping` of the YAML example in the README's Mappings section."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Mappings (role `map`)"):]
+    """The `data_mapping` of the YAML example in the configuration reference's Mappings
+    section."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    section = text[text.index("## Mappings"):]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block is not None
     mapping: dict[str, Any] = yaml.safe_load(block.group(1))["data_mapping"]

@@ -1,4 +1,4 @@
-"""Property tests: the compiled mapping (`streams.compiler`) agrees with the naive reference
+"""Property tests: the compiled mapping (`streams.mapping.compiler`) agrees with the naive reference
 interpreter (`tests/unit/mapping_reference.py`, written from the README) on generated payloads
 and generated specs.
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas.mapping import Mapping
-from streams.compiler import Mapped, compile_mapping
+from streams.mapping.compiler import Mapped, compile_mapping
 from tests.unit.mapping_reference import PER_SECOND, reference, select_records
 
 RECEIVED = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

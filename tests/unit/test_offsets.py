@@ -1,4 +1,4 @@
-"""The pure parts of `dashpipe offsets` (`dashpipe.offsets`): targets, lag, where a reset moves
+"""The pure parts of `dashpipe offsets` (`dashpipe.cli.offsets`): targets, lag, where a reset moves
 each partition, and which group states may be reset."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from dashpipe import offsets
+from dashpipe.cli import offsets
 from dashpipe.errors import DashpipeError
 from dashpipe.topics import TopicNames
 

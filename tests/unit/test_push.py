@@ -2,7 +2,7 @@
 
 import pytest
 
-from agents import push
+from agents.web import push
 
 
 def test_positions_round_trip_and_bad_ones_are_refused() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashpipe.ratelimit import RateLimiter
+from agents.ingest.ratelimit import RateLimiter
 
 
 class FakeClock:

@@ -4,13 +4,13 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import export
+from schemas.headers import pipeline_id_header
 from schemas.pipeline import Pipeline
 from schemas.records import (
     DeadLetter,
     Lineage,
     RawMetadata,
     TransformedRecord,
-    pipeline_id_header,
 )
 
 

@@ -1,6 +1,7 @@
-"""The pure parts of dead-letter redrive (`streams.redrive`) and of the resolution markers and
-counts (`dashpipe.deadletters`): positions, folding dead letters and markers, which rows of a
-re-mapped payload are written, and the records a persist or deliver redrive writes."""
+"""The pure parts of dead-letter redrive (`streams.deadletters.redrive`) and of the resolution
+markers and counts (`streams.deadletters.counts`): positions, folding dead letters and markers,
+which rows of a re-mapped payload are written, and the records a persist or deliver redrive
+writes."""
 
 from __future__ import annotations
 
@@ -12,20 +13,20 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.deliver import Delivery, message_id
+from agents.deliver.deliverer import Delivery
 from dashpipe.batcher import partition_for
-from dashpipe.deadletters import Tally, marker_headers, marker_value, parse_marker
 from dashpipe.errors import DashpipeError
 from dashpipe.metrics import Metrics
 from dashpipe.pipelines import NotFound
 from dashpipe.topics import TopicNames
 from schemas.mapping import Mapping
 from schemas.pipeline import Pipeline
-from schemas.records import ResolvedLetter
-from streams import ledger as ledgers
-from streams import redrive
-from streams.compiler import compile_mapping
-from streams.mapper import Mapper, Out
+from schemas.records import ResolvedLetter, message_id
+from streams.deadletters import ledger as ledgers
+from streams.deadletters import redrive
+from streams.deadletters.counts import Tally, marker_headers, marker_value, parse_marker
+from streams.mapping.compiler import compile_mapping
+from streams.mapping.mapper import Mapper, Out
 
 NAMES = TopicNames.from_prefix("t")
 PARTS = {NAMES.raw: 3, NAMES.transformed: 3, NAMES.dlq: 3, NAMES.retry: 3}

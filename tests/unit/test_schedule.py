@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from agents.schedule import Policy, after_failure, after_success
+from agents.ingest.schedule import Policy, after_failure, after_success
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 P = Policy(base=60, cap=3600, attempts_per_run=3)

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
-from agents.signatures import (
+from dashpipe.errors import ConfigError
+from dashpipe.signatures import (
     SignatureError,
     Verified,
     hmac_sha256,
@@ -19,7 +20,6 @@ from agents.signatures import (
     sign_standard,
     verify,
 )
-from dashpipe.errors import ConfigError
 
 BODY = b'{"temperature": 21.5, "city": "Z\xc3\xbcrich"}'
 NOW = 1_700_000_000.0

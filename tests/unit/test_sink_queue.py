@@ -2,7 +2,7 @@
 
 import asyncio
 
-from agents.sinks.queue import SinkQueue
+from agents.deliver.sinks.queue import SinkQueue
 
 
 async def test_items_come_out_in_order_and_a_waiting_worker_gets_the_next_one() -> None:

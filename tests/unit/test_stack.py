@@ -4,7 +4,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from dashpipe import cli, stack
+from dashpipe import cli
+from dashpipe.cli import stack
+from dashpipe.cli.stack import kafka, postgres
+from dashpipe.cli.stack import state as st
 from dashpipe.errors import ConfigError, ToolMissing
 from dashpipe.settings import (
     DatabaseSettings,
@@ -14,8 +17,6 @@ from dashpipe.settings import (
     TopicSettings,
     WebSettings,
 )
-from dashpipe.stack import kafka, postgres
-from dashpipe.stack import state as st
 
 
 @pytest.fixture(autouse=True)

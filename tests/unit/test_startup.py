@@ -13,8 +13,10 @@ from aiohttp.test_utils import make_mocked_request
 from aiokafka.errors import KafkaTimeoutError
 from pydantic import SecretStr
 
-from dashpipe import api, runtime
-from dashpipe.runtime import ProcessService, RoleFailed, Runtime, describe, run_roles
+from agents.web import api
+from dashpipe.cli import roles
+from dashpipe.cli.roles import RoleFailed, describe, run_roles
+from dashpipe.runtime import ProcessService, Runtime
 from dashpipe.settings import (
     ApiSettings,
     DatabaseSettings,
@@ -56,7 +58,8 @@ class Web:
 
 
 def with_mains(monkeypatch: pytest.MonkeyPatch, **mains: Any) -> None:
-    monkeypatch.setattr(runtime, "role_mains", lambda: mains)
+    monkeypatch.setattr(roles, "ROLES", {name: roles.Role(main, (), committed=False)
+                                         for name, main in mains.items()})
 
 
 async def test_a_failing_role_stops_the_others_and_is_named_with_its_cause(

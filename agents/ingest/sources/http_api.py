@@ -1,0 +1,27 @@
+"""Poll a JSON HTTP API: method, query params, optional JSON body, auth, pagination."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from agents.ingest.sources.base import NO_BODY, FetchResult, Request, fetch_pages, query_value
+from schemas.pipeline import HttpApiSource
+
+
+class HttpApi:
+    """`config.params` plus the carried cursors as query params on every request; once a
+    `link` pagination gives the URL, the link is fetched as it is (its query is the server's)."""
+
+    async def fetch(self, config: HttpApiSource, cursor: Any,
+                    session: aiohttp.ClientSession) -> FetchResult:
+        body = NO_BODY if config.body is None else config.body
+
+        def build(carried: dict[str, Any], following_link: bool) -> Request:
+            if following_link:
+                return Request(config.method, None, body)
+            params = {k: query_value(v) for k, v in (config.params | carried).items()}
+            return Request(config.method, params, body)
+
+        return await fetch_pages(config, cursor, session, build)

@@ -1,0 +1,114 @@
+"""The webhook receiver: `POST /webhooks/{pipeline_id}` into Bronze.
+
+Checks, in this order: unknown pipeline 404; body over the limit 413 (unread); bad or
+missing signature 401; pipeline not realtime or not active 400; invalid JSON 400 naming the
+position; a Standard Webhooks id seen within the dedup window 202 `duplicate` (not written
+again); over the rate limit 429 with Retry-After (charged only here, after a valid signature);
+Kafka not acking in time 503 with Retry-After; else 202, answered after Kafka acknowledged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiokafka.errors import KafkaError
+
+from agents.ingest.dedup import SeenIds
+from agents.ingest.ratelimit import RateLimiter
+from agents.web.api import error, json_response
+from dashpipe import jsonio
+from dashpipe.batcher import BatchSender
+from dashpipe.metrics import Labels, Metrics, labels_key
+from dashpipe.registry import Registry
+from dashpipe.settings import WebhookSettings
+from dashpipe.signatures import SignatureError, verify
+from schemas.pipeline import WebhookSource
+from schemas.records import raw_headers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Receiver:
+    registry: Registry
+    sender: BatchSender
+    settings: WebhookSettings
+    metrics: Metrics
+    seen: SeenIds
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    # ingest ids: 16 random hex digits per process, then a counter (unique, and cheaper per
+    # request than 16 fresh random bytes)
+    ids: str = field(default_factory=lambda: os.urandom(8).hex())
+    counter: Iterator[int] = field(default_factory=itertools.count)
+    labels: dict[str, Labels] = field(default_factory=dict)  # metric labels per pipeline
+
+    async def handle(self, request: web.Request) -> web.Response:
+        return await self.receive(request, request.match_info["pipeline_id"])
+
+    async def receive(self, request: web.Request, pid: str) -> web.Response:
+        pipeline = self.registry.pipelines.get(pid)
+        if pipeline is None:
+            return error(404, f"pipeline {pid!r} not found")
+        limit, length = self.settings.max_body_bytes, request.content_length
+        if length is not None and length > limit:
+            return self._reject(pid, 413, f"body over the {limit} byte limit")
+        try:
+            body = await request.read()  # stops past client_max_size (= the limit)
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject(pid, 413, f"body over the {limit} byte limit")
+        if pipeline.source_type != "webhook":
+            return self._reject(pid, 400, f"pipeline {pid!r} is not a realtime (webhook) "
+                                          "pipeline")
+        source: WebhookSource = pipeline.source()
+        now = time.time()
+        try:
+            verified = verify(source.secrets(), request.headers, body, now=now,
+                              tolerance=self.settings.tolerance_seconds)
+        except SignatureError as exc:
+            return self._reject(pid, 401, str(exc))
+        if pipeline.status != "active":
+            return self._reject(pid, 400, f"pipeline {pid!r} is {pipeline.status}")
+        try:
+            jsonio.loads(body)
+        except jsonio.InvalidJson as exc:
+            return self._reject(pid, 400, str(exc))
+        dedup_key = f"{pid}/{verified.webhook_id}" if verified.webhook_id else None
+        if dedup_key and not self.seen.first(dedup_key):
+            return json_response({"status": "duplicate", "pipeline_id": pid}, 202)
+        wait = self.limiter.take(pid, pipeline.rate_limit_per_minute)
+        if wait > 0:
+            if dedup_key:
+                self.seen.forget(dedup_key)
+            return self._reject(pid, 429, "rate limit exceeded",
+                                {"Retry-After": str(max(1, math.ceil(wait)))})
+        ingest_id = verified.webhook_id or f"{self.ids}{next(self.counter):016x}"
+        received_ms = int(now * 1000)
+        headers = raw_headers(pid, pipeline.team_id, "webhook", received_ms, ingest_id,
+                              request.headers.get("Content-Type") or "application/json")
+        try:
+            await self.sender.send(pid.encode(), body, headers, received_ms)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("webhook for %s not written: %s", pid, type(exc).__name__)
+            if dedup_key:
+                self.seen.forget(dedup_key)
+            return self._reject(pid, 503, "Kafka is unavailable, retry later",
+                                {"Retry-After": "5"})
+        key = self.labels.get(pid)
+        if key is None:
+            key = self.labels[pid] = labels_key(pipeline_id=pid)
+        self.metrics.add("dashpipe_received_total", key)
+        return json_response({"status": "received", "pipeline_id": pid,
+                              "ingest_id": ingest_id}, 202)
+
+    def _reject(self, pid: str, status: int, message: str,
+                headers: dict[str, str] | None = None) -> web.Response:
+        self.metrics.inc("dashpipe_failed_total", pipeline_id=pid, stage="webhook",
+                         code=str(status))
+        return error(status, message, headers)

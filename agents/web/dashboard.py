@@ -1,0 +1,114 @@
+"""The dashboard's reads (role `web`): live rows (SSE, WebSocket), the recent rows, the stored
+history, and the page at `/`. Every route is team-scoped through `api.guarded`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from agents.web import api, history, push
+from dashpipe import db
+from dashpipe.runtime import Runtime
+from schemas.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).parent / "static" / "index.html"
+MAX_RECENT = push.RECENT_ROWS
+
+
+@dataclass
+class Dashboard:
+    rt: Runtime
+    hub: push.Hub
+    pool: asyncpg.Pool | None = None
+    storage: db.Storage = field(default_factory=db.Storage)
+
+    async def describe_storage(self) -> str:
+        """What holds the rows, for `/readyz` (the web role needs no database to be ready)."""
+        if self.pool is None:
+            return "no database (DASHPIPE_DATABASE_URL unset or unreachable at start)"
+        ds = self.rt.settings.database
+        try:
+            async with self.pool.acquire(timeout=ds.acquire_timeout_seconds) as conn:
+                return await db.describe(conn, ds.schema_name)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return f"unavailable ({type(exc).__name__})"
+
+    def routes(self) -> list[api.Route]:
+        return [("GET", "/pipelines/{id}/events", self.events),
+                ("GET", "/pipelines/{id}/ws", self.websocket),
+                ("GET", "/pipelines/{id}/recent", self.recent),
+                ("GET", "/pipelines/{id}/data", self.data)]
+
+    def _pipeline(self, request: web.Request) -> Pipeline:
+        return self.rt.service.get(request.match_info["id"], request[api.TEAM])
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        return await push.events(request, self.hub, self._pipeline(request).id)
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        return await push.websocket(request, self.hub, self._pipeline(request).id)
+
+    async def recent(self, request: web.Request) -> web.Response:
+        p = self._pipeline(request)
+        text = request.query.get("limit", "50")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_RECENT:
+            return api.error(400, f"limit: a whole number from 1 to {MAX_RECENT}")
+        rows = b",".join(push.with_id(push.encode(after), row)
+                         for _, _, after, row in self.hub.latest(p.id, int(text)))
+        return web.Response(body=b'{"rows":[%s]}' % rows, content_type="application/json")
+
+    async def data(self, request: web.Request) -> web.Response:
+        p = self._pipeline(request)
+        if self.pool is None:
+            return api.error(503, "no database configured (DASHPIPE_DATABASE_URL)")
+        if not p.persist_data:
+            return api.error(400, f"pipeline {p.id!r} does not persist its rows "
+                                  "(persist_data is false)")
+        try:
+            q = history.parse(request.query, p, datetime.now(UTC))
+        except history.BadQuery as exc:
+            return api.error(400, str(exc))
+        ds = self.rt.settings.database
+        try:
+            points, source = await history.series(self.pool, self.storage, p.id, q,
+                                                  ds.acquire_timeout_seconds, ds.schema_name)
+        except asyncpg.UndefinedTableError:
+            points, source = [], "rows"  # nothing persisted yet
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("data query for %s failed: %s", p.id, type(exc).__name__)
+            return api.error(503, "the database is unavailable, retry later",
+                             {"Retry-After": "5"})
+        return api.json_response({
+            "pipeline_id": p.id, "from": q.start, "to": q.end,
+            "bucket_seconds": q.bucket.total_seconds(), "agg": q.agg, "fields": q.fields,
+            "source": source,
+            "points": points})
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(PAGE, headers={"Cache-Control": "no-store",
+                                           "X-Content-Type-Options": "nosniff"})
+
+
+async def open_database(rt: Runtime) -> tuple[asyncpg.Pool | None, db.Storage]:
+    """The read pool of the data API, or None when no database is configured or reachable
+    (the API then answers 503; the rest of the web role works)."""
+    ds = rt.settings.database
+    if ds.url is None:
+        return None, db.Storage()
+    try:
+        pool = await db.create_pool(ds)
+        async with pool.acquire(timeout=ds.acquire_timeout_seconds) as conn:
+            found = await db.storage(conn, ds.schema_name)
+        return pool, found
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        log.warning("web: database unavailable (%s); the data API answers 503",
+                    type(exc).__name__)
+        return None, db.Storage()

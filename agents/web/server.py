@@ -1,0 +1,116 @@
+"""Role `web`: one aiohttp server for the management API, the webhook receiver, health and
+metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from agents.ingest.dedup import SeenIds
+from agents.ingest.webhooks import Receiver
+from agents.web import api
+from agents.web.dashboard import Dashboard, open_database, page
+from agents.web.push import Hub
+from agents.web.replays import Replays
+from dashpipe import kafka
+from dashpipe.batcher import BatchSender
+from dashpipe.runtime import Runtime
+from streams.deadletters.counts import DeadLetterCounts
+
+log = logging.getLogger(__name__)
+
+
+Fast = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+
+
+def fast_webhooks(runner: web.AppRunner, fast: Fast, pipelines: Mapping[str, object]) -> None:
+    """Hand `POST /webhooks/<id>` for a known pipeline id straight to the receiver, past the
+    router: the runner's server (`AppRunner.server`, after `setup()`) gets a request handler
+    that wraps the application's. Every other request goes the usual way, and so does a webhook
+    that needs it (an `Expect` header, a query string, an unknown or percent-encoded id); the
+    router serves `/webhooks/{id}` with the same handler, so both paths answer alike."""
+    server = runner.server
+    assert server is not None, "call after runner.setup()"
+    usual = server.request_handler
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        path = request.raw_path
+        if path.startswith("/webhooks/") and request.method == "POST" and \
+                path[10:] in pipelines and "Expect" not in request.headers:
+            return await fast(request, path[10:])  # type: ignore[arg-type]
+        return await usual(request)
+
+    server.request_handler = dispatch
+
+
+def make_app(rt: Runtime, sender: BatchSender, board: Dashboard
+             ) -> tuple[web.Application, Receiver]:
+    max_body = rt.settings.webhook.max_body_bytes
+    app = web.Application(client_max_size=max_body)
+    receiver = Receiver(rt.registry, sender, rt.settings.webhook, rt.metrics,
+                        SeenIds(ttl=rt.settings.webhook.dedup_seconds))
+    app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
+    app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body,
+                                         board.routes() + Replays(rt).routes()))
+    app.router.add_get("/", page)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return api.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if rt.stopping.is_set():  # load balancers drain a process that is going down
+            return api.error(503, "dashpipe is stopping", {"Retry-After": "5"})
+        try:
+            await asyncio.wait_for(rt.writer.producer.client.fetch_all_metadata(), 3)
+        except Exception as exc:  # any failure here means: not ready
+            return api.error(503, f"Kafka unreachable: {type(exc).__name__}",
+                             {"Retry-After": "5"})
+        return api.json_response({"status": "ready", "pipelines": len(rt.registry.pipelines),
+                                  "storage": await board.describe_storage()})
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=rt.metrics.render(), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", api.not_found)  # JSON 404 for any other path
+    return app, receiver
+
+
+async def run_web(rt: Runtime) -> None:
+    producer = rt.writer.producer
+    raw_partitions = len(await kafka.partitions(producer, rt.names.raw))
+    sender = BatchSender(producer, rt.names.raw, raw_partitions,
+                         timeout=rt.settings.webhook.ack_timeout_seconds)
+    counts = DeadLetterCounts(rt.bootstrap, rt.settings.kafka, rt.names.dlq, rt.metrics)
+    rt.service.dead_letters = counts.of
+    hub = Hub(rt)
+    pool, storage = await open_database(rt)
+    board = Dashboard(rt, hub, pool, storage)
+    rt.roles["web"] = board
+    background = [asyncio.create_task(counts.run(), name="dead-letter counts"),
+                  asyncio.create_task(hub.run(), name="live rows")]
+    await asyncio.wait_for(hub.ready.wait(), 60)
+    app, receiver = make_app(rt, sender, board)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    fast_webhooks(runner, receiver.receive, rt.registry.pipelines)
+    site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    rt.web_url = f"http://{rt.settings.web.host}:{port}"
+    rt.web_ready.set()
+    log.info("web listening on %s", rt.web_url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for task in background:
+            task.cancel()
+        await runner.cleanup()
+        if pool is not None:
+            await asyncio.wait_for(pool.close(), 10)

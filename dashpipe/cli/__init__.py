@@ -1,0 +1,379 @@
+"""The `dashpipe` command. Errors are one clear line on stderr and a non-zero exit, never a
+traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from dashpipe.cli import replay as replay_cli
+from dashpipe.cli import stack
+from dashpipe.cli.roles import ROLES
+from dashpipe.errors import DashpipeError
+from dashpipe.settings import Settings, load_settings
+
+log = logging.getLogger("dashpipe")
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    ends = stack.up(settings)
+    outcome = asyncio.run(_create_topics(settings, ends.bootstrap_servers))
+    _print_status(settings)
+    created = [name for name, what in outcome.items() if what != "exists"]
+    if created:
+        print(f"topics: {', '.join(f'{n} {outcome[n]}' for n in created)}")
+    print("\nFor other shells:  eval \"$(dashpipe status --env)\"")
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    stopped = stack.down(settings, purge=args.purge)
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    if args.env:
+        ends = stack.endpoints(settings)
+        print(f"export DASHPIPE_KAFKA_BOOTSTRAP_SERVERS={shlex.quote(ends.bootstrap_servers)}")
+        print(f"export DASHPIPE_DATABASE_URL="
+              f"{shlex.quote(ends.database_url.get_secret_value())}")
+        return 0
+    return 0 if _print_status(settings) else 1
+
+
+def _print_status(settings: Settings) -> bool:
+    rows = stack.status(settings)
+    for row in rows:
+        print(f"{row.name:<11} {row.state:<16} {row.where}")
+    return all(r.state != "stopped" for r in rows)
+
+
+async def _create_topics(settings: Settings, bootstrap: str) -> dict[str, str]:
+    from dashpipe import kafka, topics
+
+    async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
+        return await topics.create_all(admin, topics.catalogue(settings.topics))
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe import kafka, topics
+
+    bootstrap = stack.endpoints(settings).bootstrap_servers
+    if args.action == "create":
+        for name, what in asyncio.run(_create_topics(settings, bootstrap)).items():
+            print(f"{name:<32} {what}")
+        return 0
+
+    async def describe() -> list[dict[str, object]]:
+        async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
+            return await topics.describe(admin, topics.catalogue(settings.topics))
+
+    rows = asyncio.run(describe())
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for row in rows:
+        if not row["exists"]:
+            print(f"{row['topic']:<32} MISSING  ({row['purpose']})")
+            continue
+        config = " ".join(f"{k}={v}" for k, v in row["config"].items())  # type: ignore[attr-defined]
+        print(f"{row['topic']:<32} partitions={row['partitions']} "
+              f"replication={row['replication_factor']} {config}")
+    return 0 if all(r["exists"] for r in rows) else 1
+
+
+def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas import export
+
+    if args.action == "export":
+        for path in export.export():
+            print(path)
+        return 0
+    stale = export.stale()
+    if stale:
+        print("stale JSON Schemas (run `dashpipe schemas export`): " + ", ".join(stale),
+              file=sys.stderr)
+        return 1
+    print("JSON Schemas are current")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe.cli.app import run
+
+    roles = args.roles or list(ROLES)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise DashpipeError(f"unknown role {unknown[0]!r}; roles are: {', '.join(ROLES)}")
+    settings, ends = stack.resolved(settings)  # the local stack's database too
+    run(settings, ends.bootstrap_servers, roles, loglevel=args.log_level)
+    return 0
+
+
+def cmd_pipelines(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe.cli import pipeline_files
+
+    docs = None
+    if args.action == "apply":  # a file that does not parse fails before Kafka is touched
+        stdin = sys.stdin.read() if args.file == pipeline_files.STDIN else None
+        docs = pipeline_files.read(args.file, stdin)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # stdout is the answer; keep stderr quiet
+    try:
+        return asyncio.run(_pipelines(settings, args, docs))
+    finally:
+        root.setLevel(level)
+
+
+async def _pipelines(settings: Settings, args: argparse.Namespace, docs: list[Any] | None) -> int:
+    from dashpipe.cli import pipeline_files
+    from dashpipe.runtime import open_runtime
+    from dashpipe.settings import ADMIN
+
+    async with open_runtime(settings, stack.endpoints(settings).bootstrap_servers) as rt:
+        svc = rt.service
+        if docs is not None:
+            errors = pipeline_files.check(docs, rt.registry.pipelines)
+            if errors:
+                for line in errors:
+                    print(line, file=sys.stderr)
+                name = "<stdin>" if args.file == pipeline_files.STDIN else args.file
+                print(f"dashpipe: error: {name}: {len(errors)} problem(s); "
+                      "no pipeline was applied", file=sys.stderr)
+                return 2
+            for doc in pipeline_files.in_order(docs):
+                pipeline, outcome = await svc.apply(doc)
+                print(f"{pipeline.id} {outcome}")
+        elif args.action == "list":
+            team = args.team or ADMIN
+            views = [svc.view(p) for p in svc.list(ADMIN) if team in (ADMIN, p.team_id)]
+            if args.json:
+                print(orjson.dumps({"pipelines": views}, option=orjson.OPT_INDENT_2).decode())
+            else:
+                print(pipeline_files.table(views, datetime.now(UTC)))
+        elif args.action == "get":
+            view = svc.view(svc.get(args.id, ADMIN))
+            if args.output == "yaml":
+                import yaml
+
+                print(yaml.safe_dump(view, sort_keys=False, allow_unicode=True), end="")
+            else:
+                print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+        elif args.action == "delete":
+            await svc.delete(args.id, ADMIN)
+            print(f"{args.id} deleted")
+        else:
+            pipeline = await svc.set_status(args.id, ADMIN,
+                                            "paused" if args.action == "pause" else "active")
+            print(f"{pipeline.id} {svc.view(pipeline)['status']}")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe.cli import demo
+
+    settings, ends = stack.resolved(settings)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # keep the demo's lines readable
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: every role has stopped cleanly
+        asyncio.run(demo.run_demo(settings, ends.bootstrap_servers, ends.kafka_local,
+                                  out=lambda line: print(line, flush=True)))
+    print("demo stopped")
+    return 0
+
+
+def _pipelines_parser(sub: Any) -> None:
+    p = sub.add_parser("pipelines", help="manage pipeline definitions on the log (as admin)")
+    actions = p.add_subparsers(dest="action", required=True)
+    apply = actions.add_parser("apply", help="create or update the pipelines of a YAML/JSON "
+                                             "file by id (idempotent)")
+    apply.add_argument("-f", "--file", required=True, metavar="FILE",
+                       help="YAML or JSON (by extension); - reads YAML or JSON from stdin")
+    listing = actions.add_parser("list", help="every pipeline with its runtime status")
+    listing.add_argument("--json", action="store_true", help="the views as JSON (re-appliable)")
+    listing.add_argument("--team", help="only this team's pipelines")
+    get = actions.add_parser("get", help="one pipeline as JSON, secrets masked")
+    get.add_argument("id")
+    get.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
+    for action, what in (("pause", "stop polling / refuse webhooks"),
+                         ("resume", "make active again"), ("delete", "delete the definition")):
+        actions.add_parser(action, help=what).add_argument("id")
+
+
+@contextlib.contextmanager
+def _answer_only() -> Any:
+    """stdout is the answer; keep stderr quiet (warnings still show)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.deadletters.ledger import parse_position
+
+    # bad positions fail before Kafka is touched
+    shown = parse_position(args.offset) if args.action == "show" else None
+    only = [parse_position(o) for o in args.offset or []] if args.action == "redrive" else None
+    with _answer_only():
+        return asyncio.run(_dlq(settings, args, shown, only))
+
+
+async def _dlq(settings: Settings, args: argparse.Namespace, shown: tuple[int, int] | None,
+               only: list[tuple[int, int]] | None) -> int:
+    from dashpipe.runtime import open_runtime
+    from streams.deadletters import redrive
+    from streams.deadletters.ledger import ledger_of, table
+
+    async with open_runtime(settings, stack.endpoints(settings).bootstrap_servers) as rt:
+        if args.action == "redrive":
+            report = await redrive.redrive(rt, args.pipeline, args.stage, only)
+            print("\n".join(report.lines()))
+            return 1 if report.still_failing else 0
+        ledger = await ledger_of(rt, args.pipeline)
+        if shown is not None:
+            print(orjson.dumps(ledger.detail(shown), option=orjson.OPT_INDENT_2).decode())
+            return 0
+        entries = ledger.unresolved(args.stage)
+        if args.json:
+            print(orjson.dumps({"pipeline_id": args.pipeline,
+                                "dead_letters": [e.summary() for e in entries]},
+                               option=orjson.OPT_INDENT_2).decode())
+        elif entries:
+            print(table(entries))
+        else:
+            print(f"no unresolved dead letters of pipeline {args.pipeline}")
+    return 0
+
+
+def cmd_offsets(settings: Settings, args: argparse.Namespace) -> int:
+    from dashpipe.cli import offsets
+
+    bootstrap = stack.endpoints(settings).bootstrap_servers
+    if args.action == "show":
+        with _answer_only():
+            state, rows = asyncio.run(offsets.show(settings, bootstrap, args.role))
+        if args.json:
+            print(orjson.dumps({"group": state.group, "state": state.state,
+                                "members": state.members,
+                                "partitions": [r.as_dict() for r in rows]},
+                               option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(offsets.show_table(state, rows))
+        return 0
+    target = offsets.parse_target(args.to)
+    with _answer_only():
+        moved = asyncio.run(offsets.reset(settings, bootstrap, args.role, target))
+    print("\n".join(offsets.reset_lines(offsets.group_of(settings, args.role), target, moved)))
+    return 0
+
+
+def _dlq_parser(sub: Any) -> None:
+    p = sub.add_parser("dlq", help="a pipeline's dead letters: list, show, redrive")
+    actions = p.add_subparsers(dest="action", required=True)
+    stages = ["map", "persist", "deliver"]
+    listing = actions.add_parser("list", help="the unresolved dead letters")
+    show = actions.add_parser("show", help="one dead letter in full (resolved or not)")
+    redrive = actions.add_parser("redrive", help="apply the pipeline as it is now to its "
+                                                 "unresolved dead letters; resolve them")
+    for action in (listing, show, redrive):
+        action.add_argument("--pipeline", required=True, metavar="ID")
+    listing.add_argument("--stage", choices=stages)
+    listing.add_argument("--json", action="store_true")
+    show.add_argument("--offset", required=True, metavar="P:O",
+                      help="partition:offset in the dead-letter topic (as `list` shows)")
+    redrive.add_argument("--stage", choices=stages)
+    redrive.add_argument("--offset", action="append", metavar="P:O",
+                         help="only this dead letter (repeatable)")
+
+
+def _offsets_parser(sub: Any) -> None:
+    p = sub.add_parser("offsets", help="committed offsets and lag of a role's consumer group; "
+                                       "reset them while the role is stopped")
+    actions = p.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="per partition: committed offset, end, lag")
+    reset = actions.add_parser("reset", help="move the committed offsets (the group must have "
+                                             "no member)")
+    for action in (show, reset):
+        action.add_argument("--role", required=True,
+                            choices=[name for name, role in ROLES.items() if role.committed])
+    show.add_argument("--json", action="store_true")
+    reset.add_argument("--to", required=True, metavar="TIME|earliest|latest",
+                       help="earliest, latest, or an RFC 3339 time (the first record at or "
+                            "after it)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dashpipe", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the local Kafka and PostgreSQL (idempotent)")
+    down = sub.add_parser("down", help="stop what `up` started; data stays in the state folder")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete the state folder: the Kafka log and the database")
+    status = sub.add_parser("status", help="what runs where")
+    status.add_argument("--env", action="store_true", help="print export lines for other shells")
+    run = sub.add_parser("run", help="run roles (all of them when none is named)")
+    run.add_argument("roles", nargs="*", metavar="ROLE")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
+    topics = sub.add_parser("topics", help="the topic catalogue")
+    topics.add_argument("action", choices=["create", "describe"])
+    topics.add_argument("--json", action="store_true")
+    schemas = sub.add_parser("schemas", help="the JSON Schemas of the public records")
+    schemas.add_argument("action", choices=["export", "check"])
+    _pipelines_parser(sub)
+    replay_cli.add_parser(sub)
+    _dlq_parser(sub)
+    _offsets_parser(sub)
+    sub.add_parser("demo", help="a sample API, two demo pipelines and every role in this "
+                                "process, showing data moving (Ctrl-C stops)")
+    return p
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "run": cmd_run,
+    "topics": cmd_topics,
+    "schemas": cmd_schemas,
+    "pipelines": cmd_pipelines,
+    "replay": replay_cli.cmd_replay,
+    "dlq": cmd_dlq,
+    "offsets": cmd_offsets,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+        return COMMANDS[args.command](settings, args)
+    except DashpipeError as exc:
+        print(f"dashpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a service failed in a way we did not foresee: no traceback
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(f"dashpipe: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from dashpipe.cli import main
+
+raise SystemExit(main())
