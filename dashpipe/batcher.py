@@ -1,8 +1,7 @@
 """Many concurrent writers, one produce batch per partition per event-loop turn.
 
-aiokafka's `send()` costs ~15 us of CPU per record (partitioner, accumulator, one future per
-record); its batch API (`create_batch` / `send_batch`) costs ~3 us (measured side by side on 50k
-records; bench/bench_webhook.py shows the effect on the receiver).
+aiokafka's `send()` does per record what its batch API (`create_batch` / `send_batch`) does
+once per batch (partitioner, accumulator, a future per record); docs/benchmarks.md has the costs.
 The webhook receiver answers each request only after Kafka acknowledged its record, so
 requests that arrive together are gathered here and written as one batch; each caller awaits
 its own record's (partition, offset). Same idempotent producer, same partitioner.
@@ -32,7 +31,7 @@ _M = 0x5BD1E995
 
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (`Utils.murmur2`), as aiokafka's pure-Python one but reading the input
-    in 32-bit words at once: about 3x faster, the same values (tested against it)."""
+    in 32-bit words at once: faster, the same values (tested against it)."""
     length = len(data)
     h = (0x9747B28C ^ length) & 0xFFFFFFFF
     words = length // 4

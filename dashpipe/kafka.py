@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from dashpipe.errors import Unavailable
 from dashpipe.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 
 def producer(bootstrap: str, ks: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
@@ -86,3 +90,34 @@ async def partition_counts(client: Any, *topics: str) -> dict[str, int]:
     for tp in await partitions(client, *topics):
         counts[tp.topic] = counts.get(tp.topic, 0) + 1
     return counts
+
+
+async def until_acknowledged(send: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Call `send()` until Kafka acknowledges it (backoff 0.5 s doubling to 30 s): a record a
+    role owes the log (rows, a retry, a dead letter) is never dropped, however long Kafka is
+    away; the role's offsets wait for it."""
+    delay = 0.5
+    while True:
+        try:
+            await send()
+            return
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("%s: write failed (%s); retrying in %.1fs", what, type(exc).__name__,
+                        delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def commit_assigned(consumer: Any, offsets: Mapping[TopicPartition, int], what: str
+                          ) -> None:
+    """Commit the offsets of the partitions the consumer still owns. A rebalance meanwhile
+    (`CommitFailedError`) is logged, not raised: the new owner repeats those records, which
+    every effect of ours takes idempotently."""
+    assigned = consumer.assignment()
+    todo = {tp: o for tp, o in offsets.items() if tp in assigned}
+    if not todo:
+        return
+    try:
+        await consumer.commit(todo)
+    except CommitFailedError as exc:
+        log.warning("%s: offsets not committed (%s); the new owner repeats them", what, exc)

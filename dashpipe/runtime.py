@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiokafka import AIOKafkaProducer
 
 from dashpipe import egress, kafka
 from dashpipe.metrics import Metrics
@@ -43,6 +44,7 @@ class Runtime:
     writer: RegistryWriter
     service: ProcessService
     http: aiohttp.ClientSession
+    producer: AIOKafkaProducer  # the process's one idempotent producer (acks=all)
     metrics: Metrics = field(default_factory=Metrics)
     web_url: str | None = None
     web_ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -71,7 +73,7 @@ async def open_runtime(settings: Settings, bootstrap: str) -> AsyncIterator[Runt
             async with aiohttp.ClientSession(  # every outgoing request passes the egress policy
                     connector=egress.connector(settings.egress.allow)) as http:
                 yield Runtime(settings, bootstrap, names, registry, writer,
-                              ProcessService(registry, writer), http)
+                              ProcessService(registry, writer), http, producer)
         finally:
             await _bounded(registry.stop(), "registry consumer")
     finally:

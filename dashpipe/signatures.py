@@ -45,7 +45,7 @@ class SignatureError(DashpipeError):
     """The request is not signed by a configured secret; the message is safe to show a client."""
 
 
-class Verified(NamedTuple):  # a tuple: built on every webhook, ~3x cheaper than a dataclass
+class Verified(NamedTuple):  # a tuple: built on every webhook, cheaper than a dataclass
     scheme: Literal["original", "standard"]
     webhook_id: str | None  # set for Standard Webhooks, the sender's id for deduplication
 

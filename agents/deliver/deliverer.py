@@ -30,9 +30,8 @@ from typing import Any, NamedTuple
 import aiohttp
 import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
 
-from agents.deliver.sinks import SINKS, Attempt, Build, Request, answered, not_answered, start
+from agents.deliver.sinks import SINKS, Attempt, Build, SinkRequest, answered, not_answered, start
 from agents.deliver.sinks.queue import SinkQueue
 from dashpipe import kafka
 from dashpipe.batcher import BatchSender
@@ -45,9 +44,8 @@ log = logging.getLogger(__name__)
 
 Origin = tuple[TopicPartition, int]
 # records taken from the consumer at a time. aiokafka sends no new fetch to a broker while
-# records it fetched earlier wait unconsumed (up to 100 ms), so the sink queues ran dry behind
-# records still sitting in its buffer: taking 5,000 instead of 1,000 at a time kept the role
-# busy (bench_deliver.py: 0.78 -> 0.83, its CPU share 0.9 -> 0.97)
+# records it fetched earlier wait unconsumed (up to 100 ms), so the sink queues would run dry
+# behind records still sitting in its buffer if fewer were taken
 INTAKE_RECORDS = 5000
 PARK_SECONDS = 5.0  # a delivery parked because its failing sink is behind comes back then
 
@@ -147,7 +145,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.batches: dict[tuple[str, int], _Batch] = {}  # rows gathering for batched sinks
         self.counts: dict[tuple[str, int], SinkCounts] = defaultdict(SinkCounts)
         self.process = uuid.uuid4().hex[:12]
-        producer = rt.writer.producer
+        producer = rt.producer
         self.retries = BatchSender(producer, rt.names.retry, partitions[rt.names.retry])
         self.dead_letters = BatchSender(producer, rt.names.dlq, partitions[rt.names.dlq])
         self._seq = 0
@@ -293,8 +291,8 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
     # --- delivery -----------------------------------------------------------------------
     async def _work(self, queue: SinkQueue[Delivery], counts: SinkCounts) -> None:
         """One worker of a sink. The request is made right here, not in a helper coroutine:
-        every time the response wakes the worker, each coroutine in the chain is resumed, and
-        each level less is ~1 us less per row (bench_deliver.py, profiled)."""
+        every time the response wakes the worker, each coroutine in the chain is resumed, so
+        each level less is less CPU per row."""
         http = self.rt.http
         while True:
             delivery = queue.get_nowait() or await queue.get()
@@ -326,7 +324,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                               delivery.pipeline_id, delivery.sink_index)
 
     def prepare(self, delivery: Delivery, now: int
-                ) -> tuple[Request, float, Pipeline] | Awaitable[None] | None:
+                ) -> tuple[SinkRequest, float, Pipeline] | Awaitable[None] | None:
         """The request to make for `delivery` at unix time `now`; else what to await instead
         (the sink is disabled: a dead letter), or None (pipeline or sink deleted: settled)."""
         p = self.rt.registry.pipelines.get(delivery.pipeline_id)
@@ -444,23 +442,14 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
 
 async def _write(sender: BatchSender, key: bytes, value: bytes,
                  headers: list[tuple[str, bytes]]) -> None:
-    """Write until Kafka acknowledged it: a retry or dead letter is never dropped. Concurrent
-    writes to one partition go out together (one batch in flight per partition)."""
-    delay = 0.5
-    while True:
-        try:
-            await sender.send(key, value, headers)
-            return
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("deliver: write failed (%s); retrying in %.1fs", type(exc).__name__,
-                        delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    """A retry or dead letter, written until Kafka acknowledged it. Concurrent writes to one
+    partition go out together (one batch in flight per partition)."""
+    await kafka.until_acknowledged(lambda: sender.send(key, value, headers), "deliver")
 
 
 async def run_deliverer(rt: Runtime) -> None:
     names = rt.names
-    counts = await kafka.partition_counts(rt.writer.producer, names.retry, names.dlq)
+    counts = await kafka.partition_counts(rt.producer, names.retry, names.dlq)
     deliverer = Deliverer(rt, counts)
     rt.roles["deliver"] = deliverer
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("deliver"))
@@ -480,7 +469,8 @@ async def run_deliverer(rt: Runtime) -> None:
                 now = time.monotonic()
                 if now - last_commit >= 1.0:
                     last_commit = now
-                    await _commit(consumer, deliverer.offsets)
+                    await kafka.commit_assigned(consumer, deliverer.offsets.committable(),
+                                                "deliver")
                 if now - last_publish >= rt.settings.delivery.status_seconds:
                     last_publish = now
                     await deliverer.publish()
@@ -488,14 +478,3 @@ async def run_deliverer(rt: Runtime) -> None:
             for task in deliverer.workers:
                 task.cancel()
             await asyncio.gather(*deliverer.workers, return_exceptions=True)
-
-
-async def _commit(consumer: Any, offsets: Offsets) -> None:
-    assigned = consumer.assignment()
-    todo = {tp: o for tp, o in offsets.committable().items() if tp in assigned}
-    if not todo:
-        return
-    try:
-        await consumer.commit(todo)
-    except CommitFailedError as exc:  # rebalanced: the new owner repeats what was pending
-        log.warning("deliver: offsets not committed (%s)", exc)

@@ -168,7 +168,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _write_pages(self, p: Pipeline, result: FetchResult) -> None:
         rt = self.rt
-        producer = rt.writer.producer
+        producer = rt.producer
         futures = []
         for page in result.pages:
             meta = RawMetadata(pipeline_id=p.id, team_id=p.team_id, source="poll",

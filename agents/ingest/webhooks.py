@@ -22,9 +22,9 @@ from aiokafka.errors import KafkaError
 
 from agents.ingest.dedup import SeenIds
 from agents.ingest.ratelimit import RateLimiter
-from agents.web.api import error, json_response
 from dashpipe import jsonio
 from dashpipe.batcher import BatchSender
+from dashpipe.http import error, json_response
 from dashpipe.metrics import Labels, Metrics, labels_key
 from dashpipe.registry import Registry
 from dashpipe.settings import WebhookSettings

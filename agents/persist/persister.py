@@ -30,10 +30,10 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError
 
 from dashpipe import db, kafka, rollups
 from dashpipe.batcher import partition_for, send_records
+from dashpipe.errors import Unavailable
 from dashpipe.runtime import Runtime
 from schemas.headers import pipeline_id_header
 from schemas.records import dead_letter
@@ -59,10 +59,6 @@ _UPSERT = (
     "EXCLUDED.raw_offset, EXCLUDED.row_index)").format(cols=", ".join(db.COLUMNS))
 _STAGING = ("CREATE TEMP TABLE IF NOT EXISTS dashpipe_staging "
             "(LIKE pipeline_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-
-
-class Unavailable(Exception):
-    """The database could not take the batch now; retry later."""
 
 
 def identity(row: Row) -> tuple[str, str, datetime]:
@@ -150,20 +146,11 @@ class Persister:
 
     async def commit(self, consumer: Any) -> None:
         """Commit the offsets of the rows stored so far (at most every `COMMIT_SECONDS`
-        while busy: a Kafka round trip per transaction cost ~15 % of the throughput). A crash
-        or a rebalance repeats at most that much, as updates of the same rows."""
+        while busy: a Kafka round trip per transaction would cost a share of the throughput).
+        A crash or a rebalance repeats at most that much, as updates of the same rows."""
         self.committed_at = time.monotonic()
-        if not self.stored:
-            return
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in self.stored.items() if tp in assigned}
-        self.stored = {}
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except CommitFailedError as exc:  # rebalanced: the new owner repeats it
-            log.warning("persist: offsets not committed (%s); rows repeat as updates", exc)
+        stored, self.stored = self.stored, {}
+        await kafka.commit_assigned(consumer, stored, "persist")
 
     def persisting(self, pipeline_id: bytes | None) -> bool:
         """Whether the pipeline of this header value has `persist_data` (cached per value,
@@ -216,7 +203,7 @@ class Persister:
             out.setdefault((dlq, partition_for(key, self.dlq_partitions)), []).append(
                 (key, value, headers, None))
             self.rt.metrics.inc("dashpipe_persist_dead_letters_total", pipeline_id=row[2])
-        await send_records(self.rt.writer.producer, out)
+        await send_records(self.rt.producer, out)
 
 
 class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -240,7 +227,7 @@ async def run_persist(rt: Runtime) -> None:
         found = await db.migrate(pool, ds)
         log.info("persist: storage is %s", found.describe())
         consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("persist"))
-        dlq_parts = len(await kafka.partitions(rt.writer.producer, rt.names.dlq))
+        dlq_parts = len(await kafka.partitions(rt.producer, rt.names.dlq))
         writer = Writer(pool, ds.acquire_timeout_seconds, found.hypertable)
         persister = Persister(rt, writer, dlq_parts)
         if found.hypertable:
@@ -264,7 +251,7 @@ async def run_persist(rt: Runtime) -> None:
 
 
 @dataclass(slots=True)
-class _Batch:
+class _Collected:
     records: Batch = field(default_factory=dict)  # every record, for offsets and dead letters
     rows: list[Row] = field(default_factory=list)
     months: set[tuple[int, int]] = field(default_factory=set)
@@ -278,7 +265,7 @@ class _Handover:
 
     def __init__(self, max_rows: int) -> None:
         self.max_rows = max_rows
-        self.batch = _Batch()
+        self.batch = _Collected()
         self.writing = False
         self._filled = asyncio.Event()  # the batch holds records
         self._taken = asyncio.Event()  # the writer took the batch
@@ -297,12 +284,12 @@ class _Handover:
         batch.months |= db.months(row[0] for row in batch.rows[added:])
         self._filled.set()
 
-    async def take(self) -> _Batch:
+    async def take(self) -> _Collected:
         self.writing = False
         while not self.batch.size:
             self._filled.clear()
             await self._filled.wait()
-        batch, self.batch = self.batch, _Batch()
+        batch, self.batch = self.batch, _Collected()
         self.writing = True
         self._taken.set()
         return batch
@@ -318,10 +305,6 @@ async def _consume(rt: Runtime, consumer: Any, persister: Persister, max_rows: i
     flight; offsets of stored batches committed in order, `Persister.commit`). Converted in
     slices of `YIELD_EVERY` with a turn of the event loop after each, so the write in flight
     moves on (its COPY needs the loop).
-
-    bench/bench_persist.py: 0.72 of the bare loop when each batch was fetched, then
-    converted, then written, and cut short whenever the consumer's buffer ran dry; ~0.85 with
-    the handover and the COPY as its own transaction.
 
     While the database is away the partitions are paused and the consumer keeps polling (it
     stays in its group); the batch waits for the writer, nothing is dropped."""

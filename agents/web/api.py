@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from dashpipe import jsonio
 from dashpipe.errors import Unavailable
+from dashpipe.http import error, json_response
 from dashpipe.pipelines import Conflict, Invalid, NotFound, PipelineService
 from dashpipe.runtime import ProcessService
 from dashpipe.settings import ApiSettings
@@ -30,17 +31,6 @@ API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # the process's `Runtime.stopping`
 TEAM = web.RequestKey("team", str)
 STOPPING_RETRY_SECONDS = 5  # a supervisor restarts a process in about that time
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
-                        content_type="application/json")
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None,
-          **extra: Any) -> web.Response:
-    return json_response({"error": message, **extra}, status, headers)
 
 
 async def read_json(request: web.Request) -> Any:

@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import web
 
 from agents.web import api, history, push
-from dashpipe import db
+from dashpipe import db, http
 from dashpipe.runtime import Runtime
 from schemas.pipeline import Pipeline
 
@@ -59,7 +59,7 @@ class Dashboard:
         p = self._pipeline(request)
         text = request.query.get("limit", "50")
         if not text.isdigit() or not 1 <= int(text) <= MAX_RECENT:
-            return api.error(400, f"limit: a whole number from 1 to {MAX_RECENT}")
+            return http.error(400, f"limit: a whole number from 1 to {MAX_RECENT}")
         rows = b",".join(push.with_id(push.encode(after), row)
                          for _, _, after, row in self.hub.latest(p.id, int(text)))
         return web.Response(body=b'{"rows":[%s]}' % rows, content_type="application/json")
@@ -67,14 +67,14 @@ class Dashboard:
     async def data(self, request: web.Request) -> web.Response:
         p = self._pipeline(request)
         if self.pool is None:
-            return api.error(503, "no database configured (DASHPIPE_DATABASE_URL)")
+            return http.error(503, "no database configured (DASHPIPE_DATABASE_URL)")
         if not p.persist_data:
-            return api.error(400, f"pipeline {p.id!r} does not persist its rows "
+            return http.error(400, f"pipeline {p.id!r} does not persist its rows "
                                   "(persist_data is false)")
         try:
             q = history.parse(request.query, p, datetime.now(UTC))
         except history.BadQuery as exc:
-            return api.error(400, str(exc))
+            return http.error(400, str(exc))
         ds = self.rt.settings.database
         try:
             points, source = await history.series(self.pool, self.storage, p.id, q,
@@ -83,9 +83,9 @@ class Dashboard:
             points, source = [], "rows"  # nothing persisted yet
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("data query for %s failed: %s", p.id, type(exc).__name__)
-            return api.error(503, "the database is unavailable, retry later",
+            return http.error(503, "the database is unavailable, retry later",
                              {"Retry-After": "5"})
-        return api.json_response({
+        return http.json_response({
             "pipeline_id": p.id, "from": q.start, "to": q.end,
             "bucket_seconds": q.bucket.total_seconds(), "agg": q.agg, "fields": q.fields,
             "source": source,

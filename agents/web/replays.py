@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from agents.web import api
+from dashpipe import http
 from dashpipe.runtime import Runtime
 from schemas.mapping import Mapping
 from streams.replay.replay import bounds, replay
@@ -37,30 +38,30 @@ class Replays:
         p = self.rt.service.get(request.match_info["id"], team)
         body = await api.read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("from"), str | int):
-            return api.error(400, "from: an RFC 3339 time or a raw offset is required")
+            return http.error(400, "from: an RFC 3339 time or a raw offset is required")
         start, end = str(body["from"]), body.get("to")
         dry_run = bool(body.get("dry_run", False))
         workers = body.get("workers", 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 8:
-            return api.error(400, "workers: an integer from 1 to 8")
+            return http.error(400, "workers: an integer from 1 to 8")
         spec = None
         if body.get("mapping") is not None and dry_run:
             try:
                 spec = Mapping.model_validate(body["mapping"])
             except ValueError as exc:
-                return api.error(422, f"mapping: {exc}")
+                return http.error(422, f"mapping: {exc}")
         if p.id in self.running:
-            return api.error(409, f"a replay of {p.id!r} is running")
+            return http.error(409, f"a replay of {p.id!r} is running")
         if dry_run:
             try:
-                return api.json_response(await replay(self.rt, p, start, end and str(end),
+                return http.json_response(await replay(self.rt, p, start, end and str(end),
                                                       spec, dry_run=True))
             except ReplayError as exc:
-                return api.error(400, str(exc))
+                return http.error(400, str(exc))
         try:
             await bounds(self.rt, p, start, end and str(end))  # refuse bad bounds now
         except ReplayError as exc:
-            return api.error(400, str(exc))
+            return http.error(400, str(exc))
         if body.get("mapping") is not None:  # a written replay with a new mapping saves it
             p = await self.rt.service.patch(p.id, {"data_mapping": body["mapping"]}, team)
         pid = p.id
@@ -72,7 +73,7 @@ class Replays:
                                           workers=workers))
         self.running[pid] = task
         task.add_done_callback(lambda t: self._done(pid, t))
-        return api.json_response({"status": "started", "pipeline_id": p.id,
+        return http.json_response({"status": "started", "pipeline_id": p.id,
                                   "mapping_version": p.mapping_version}, 202,
                                  {"Location": f"/api/pipelines/{p.id}/replay"})
 
@@ -90,7 +91,7 @@ class Replays:
     async def status(self, request: web.Request) -> web.Response:
         p = self.rt.service.get(request.match_info["id"], request[api.TEAM])
         if p.id in self.running:
-            return api.json_response({"running": True, **self.progress.get(p.id, {})})
+            return http.json_response({"running": True, **self.progress.get(p.id, {})})
         if p.id in self.finished:
-            return api.json_response({"running": False, **self.finished[p.id]})
-        return api.error(404, f"no replay of {p.id!r} in this web process")
+            return http.json_response({"running": False, **self.finished[p.id]})
+        return http.error(404, f"no replay of {p.id!r} in this web process")

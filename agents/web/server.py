@@ -15,7 +15,7 @@ from agents.web import api
 from agents.web.dashboard import Dashboard, open_database, page
 from agents.web.push import Hub
 from agents.web.replays import Replays
-from dashpipe import kafka
+from dashpipe import http, kafka
 from dashpipe.batcher import BatchSender
 from dashpipe.runtime import Runtime
 from streams.deadletters.counts import DeadLetterCounts
@@ -58,17 +58,17 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard
     app.router.add_get("/", page)
 
     async def healthz(request: web.Request) -> web.Response:
-        return api.json_response({"status": "ok"})
+        return http.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
         if rt.stopping.is_set():  # load balancers drain a process that is going down
-            return api.error(503, "dashpipe is stopping", {"Retry-After": "5"})
+            return http.error(503, "dashpipe is stopping", {"Retry-After": "5"})
         try:
-            await asyncio.wait_for(rt.writer.producer.client.fetch_all_metadata(), 3)
+            await asyncio.wait_for(rt.producer.client.fetch_all_metadata(), 3)
         except Exception as exc:  # any failure here means: not ready
-            return api.error(503, f"Kafka unreachable: {type(exc).__name__}",
+            return http.error(503, f"Kafka unreachable: {type(exc).__name__}",
                              {"Retry-After": "5"})
-        return api.json_response({"status": "ready", "pipelines": len(rt.registry.pipelines),
+        return http.json_response({"status": "ready", "pipelines": len(rt.registry.pipelines),
                                   "storage": await board.describe_storage()})
 
     async def metrics(request: web.Request) -> web.Response:
@@ -83,7 +83,7 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard
 
 
 async def run_web(rt: Runtime) -> None:
-    producer = rt.writer.producer
+    producer = rt.producer
     raw_partitions = len(await kafka.partitions(producer, rt.names.raw))
     sender = BatchSender(producer, rt.names.raw, raw_partitions,
                          timeout=rt.settings.webhook.ack_timeout_seconds)

@@ -55,9 +55,7 @@ def make_app(settings: Settings, bootstrap: str, roles: list[str],
                 # a young collection when 100,000 more container objects live than at the
                 # last one, instead of 700: a request or a record allocates dozens that
                 # refcounting frees anyway, and a consumer batch of 5,000 records holds
-                # ~25,000 until it is stored. At 20,000, persist ran one 7 ms collection per
-                # batch, ~1.2 us per row (bench_persist.py: 0.58 -> 0.7); ~1 us less per
-                # webhook than the default (bench_webhook.py), memory unchanged
+                # ~25,000 until it is stored, which a lower threshold scans again and again
                 gc.set_threshold(100_000, 10, 10)
                 await run_roles(rt, roles)
         except RoleFailed as exc:  # the other roles have stopped; nothing else is running
@@ -92,7 +90,7 @@ def run(settings: Settings, bootstrap: str, roles: list[str], loglevel: str = "i
     (exit `EXIT_FAILED`)."""
     import mode.loop
 
-    mode.loop.use("uvloop")  # faust-streaming[uvloop]: ~1.5x the requests per CPU second
+    mode.loop.use("uvloop")  # faust-streaming[uvloop]: fewer CPU seconds per request
 
     worker: RolesWorker | None = None
 

@@ -207,7 +207,7 @@ async def redrive(rt: Runtime, pipeline_id: str, stage: str | None = None,
         return report
     names = rt.names
     partitions: dict[str, int] = {}
-    for tp in await kafka.partitions(rt.writer.producer, names.raw, names.transformed,
+    for tp in await kafka.partitions(rt.producer, names.raw, names.transformed,
                                      names.dlq, names.retry):
         partitions[tp.topic] = partitions.get(tp.topic, 0) + 1
     writes: list[_Write] = []
@@ -301,7 +301,7 @@ async def _map_writes(rt: Runtime, p: Pipeline, entries: list[Entry],
 
 async def _send(rt: Runtime, writes: list[_Write]) -> list[Position]:
     """Write in order and wait for Kafka's acknowledgement of each: their positions."""
-    producer = rt.writer.producer
+    producer = rt.producer
     futures = [await producer.send(w.topic, w.record[1], key=w.record[0],
                                    partition=w.partition, timestamp_ms=w.record[3],
                                    headers=list(w.record[2])) for w in writes]

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
 
 from dashpipe import kafka
 from dashpipe.batcher import Record, partition_for, send_records
@@ -214,7 +213,7 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
     names = rt.names
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, names.raw,
                               group_id=rt.group("map"))
-    producer = rt.writer.producer
+    producer = rt.producer
     async with kafka.started(consumer):
         counts = await kafka.partition_counts(producer, names.raw, names.transformed,
                                               names.dlq)
@@ -242,28 +241,10 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
 
 async def _write_and_commit(producer: Any, consumer: Any, out: Out,
                             offsets: dict[TopicPartition, int]) -> None:
-    await _write(producer, out)
-    try:
-        await consumer.commit(offsets)
-    except CommitFailedError as exc:  # rebalanced meanwhile: the new owner repeats it
-        log.warning("map: offsets not committed (%s); the rows repeat with the same lineage",
-                    exc)
+    await kafka.until_acknowledged(lambda: send_records(producer, out), "map")
+    await kafka.commit_assigned(consumer, offsets, "map")
 
 
 def _unknown(rt: Runtime, record: Any) -> bool:
     pid = header(record.headers, Header.PIPELINE_ID)
     return pid is not None and pid not in rt.registry.pipelines
-
-
-async def _write(producer: Any, out: Out) -> None:
-    """Write until Kafka acknowledged everything; the batch is never skipped."""
-    delay = 0.5
-    while True:
-        try:
-            await send_records(producer, out)
-            return
-        except KafkaError as exc:
-            log.warning("map: writing %d records failed (%s); retrying in %.1fs",
-                        sum(map(len, out.values())), type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)

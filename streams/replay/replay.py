@@ -39,7 +39,7 @@ async def bounds(rt: Runtime, p: Pipeline, start: str, end: str | None
                  ) -> tuple[TopicPartition, int, int]:
     """The raw partition of `p` and the offsets to replay, from `start`/`end` given as an
     offset or an RFC 3339 time."""
-    producer = rt.writer.producer
+    producer = rt.producer
     partitions = len(await kafka.partitions(producer, rt.names.raw))
     tp = TopicPartition(rt.names.raw, partition_for(p.id.encode(), partitions))
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)
@@ -96,7 +96,7 @@ async def _replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
         raise ReplayError("a candidate mapping is promoted before a written replay: save it "
                           "on the pipeline, or preview it with a dry run")
     status = ReplayStatus(p.id, tp.partition, lo, hi, position=lo)
-    partitions = await kafka.partition_counts(rt.writer.producer, rt.names.transformed,
+    partitions = await kafka.partition_counts(rt.producer, rt.names.transformed,
                                               rt.names.dlq, rt.names.raw)
     mapper = Mapper(rt, partitions, feed_children=False)
     if candidate is not None:
@@ -167,7 +167,7 @@ def _finish(status: ReplayStatus, point: Path, progress: Progress | None) -> dic
 
 async def _write(rt: Runtime, out: Out, point: Path, position: int) -> None:
     if out:
-        await send_records(rt.writer.producer, out)
+        await send_records(rt.producer, out)
     _save(point, position)  # a few bytes, after Kafka acknowledged the batch
 
 

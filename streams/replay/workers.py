@@ -1,7 +1,7 @@
 """Written replays on several cores: chunks mapped side by side, written in order.
 
-A replay is CPU-bound Python (~16 us per record: decoding, mapping, JSON out, partitioning), so
-one process uses one core. With `workers` > 1 the range is cut into chunks of `CHUNK` records;
+A replay is CPU-bound Python (decoding, mapping, JSON out, partitioning), so one process uses
+one core. With `workers` > 1 the range is cut into chunks of `CHUNK` records;
 each worker process (`python -m streams.replay.workers`) reads and maps one chunk at a time with
 its own consumer and producer, holds the rows, and writes them only when told to: chunk k is
 written once chunk k-1 was acknowledged. So the transformed topic receives the rows in the order

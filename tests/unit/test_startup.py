@@ -38,7 +38,7 @@ SETTINGS = Settings(kafka=KafkaSettings(), database=DatabaseSettings(url=SecretS
 def a_runtime() -> Runtime:
     """A runtime without clients: the roles here are stand-ins that touch none."""
     return Runtime(SETTINGS, "", TopicNames.from_prefix("t"), None, None,  # type: ignore[arg-type]
-                   ProcessService(None, None), None)  # type: ignore[arg-type]
+                   ProcessService(None, None), None, None)  # type: ignore[arg-type]
 
 
 class Web:

@@ -19,15 +19,15 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from agents.ingest.sources.base import retry_after
 from dashpipe import egress
+from dashpipe.http import retry_after
 
 Outcome = Literal["delivered", "retry", "dead", "gone"]
 RETRY_STATUSES = frozenset({408, 429})
 
 
 @dataclass(slots=True)  # built per delivery: cheaper than a frozen one
-class Request:
+class SinkRequest:
     method: str
     url: str
     headers: dict[str, str]
@@ -38,7 +38,7 @@ class Build(Protocol):
     """(config, rows, message id, unix time of the attempt[, the one row's JSON]) -> request"""
 
     def __call__(self, config: Any, rows: list[dict[str, Any]], msg_id: str, now: int,
-                 body: bytes | None = None) -> Request: ...
+                 body: bytes | None = None) -> SinkRequest: ...
 
 
 @dataclass(slots=True)  # built per delivery: cheaper than a frozen one
@@ -74,7 +74,7 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds)
 
 
-def start(http: aiohttp.ClientSession, request: Request, timeout: float
+def start(http: aiohttp.ClientSession, request: SinkRequest, timeout: float
           ) -> Awaitable[aiohttp.ClientResponse]:
     """The request, to be awaited (not entered: one coroutine level less on every wake-up),
     then released."""

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from agents.deliver.sinks.base import Request
-from agents.ingest.sources.base import request_headers
+from agents.deliver.sinks.base import SinkRequest
+from dashpipe.http import request_headers
 from schemas.jsonpath import MISSING, compile_path
 from schemas.pipeline import HttpApiSink
 
@@ -28,7 +28,7 @@ def fill(template: Any, row: dict[str, Any]) -> Any:
 
 
 def http_api_request(config: HttpApiSink, rows: list[dict[str, Any]], msg_id: str,
-                     now: int, body: bytes | None = None) -> Request:
+                     now: int, body: bytes | None = None) -> SinkRequest:
     items = [row if config.body_template is None else fill(config.body_template, row)
              for row in rows]
     if body is None or config.body_template is not None or config.batching.max_rows > 1:
@@ -36,4 +36,4 @@ def http_api_request(config: HttpApiSink, rows: list[dict[str, Any]], msg_id: st
     headers = dict(request_headers(config))
     headers.update({"Content-Type": "application/json", "User-Agent": "dashpipe",
                     "Idempotency-Key": msg_id})
-    return Request(config.method, config.url, headers, body)
+    return SinkRequest(config.method, config.url, headers, body)

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from agents.deliver.sinks.base import Request
+from agents.deliver.sinks.base import SinkRequest
 from dashpipe.signatures import ORIGINAL_HEADER, sign_original, sign_standard
 from schemas.pipeline import WebhookSink
 
@@ -28,7 +28,7 @@ def _fixed_headers(config: WebhookSink) -> dict[str, str]:
 
 
 def webhook_request(config: WebhookSink, rows: list[dict[str, Any]], msg_id: str,
-                    now: int, body: bytes | None = None) -> Request:
+                    now: int, body: bytes | None = None) -> SinkRequest:
     """`body`: the row's JSON as read from the topic, when there is one row (saves a dump)."""
     if body is None or len(rows) != 1:
         body = orjson.dumps(rows[0] if len(rows) == 1 else rows)
@@ -38,4 +38,4 @@ def webhook_request(config: WebhookSink, rows: list[dict[str, Any]], msg_id: str
     else:
         headers = {**_fixed_headers(config), ORIGINAL_HEADER: sign_original(config.secret, body),
                    "x-webhook-id": msg_id}
-    return Request("POST", config.url, headers, body)
+    return SinkRequest("POST", config.url, headers, body)

@@ -8,14 +8,10 @@ config the source cannot follow is a `ConfigError`. No error message ever holds 
 
 from __future__ import annotations
 
-import base64
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
@@ -26,6 +22,7 @@ from yarl import URL
 
 from dashpipe import egress, jsonio
 from dashpipe.errors import ConfigError, DashpipeError
+from dashpipe.http import request_headers, retry_after
 from schemas.jsonpath import MISSING, JsonPath, compile_path
 from schemas.pipeline import MASK, SECRET_HEADER_WORDS
 
@@ -64,7 +61,7 @@ class Source(Protocol):
                     session: aiohttp.ClientSession) -> FetchResult: ...
 
 
-class Request(NamedTuple):
+class PageRequest(NamedTuple):
     """What one page request sends, besides the URL, headers and auth."""
 
     method: str
@@ -73,7 +70,7 @@ class Request(NamedTuple):
 
 
 NO_BODY: Any = object()
-Build = Callable[[dict[str, Any], bool], Request]
+Build = Callable[[dict[str, Any], bool], PageRequest]
 """`build(carried, following_link)`: the request for a page; `carried` maps the incremental
 and page cursor params (or variables) to their values; `following_link` is true once the URL
 comes from a `link` pagination."""
@@ -142,7 +139,7 @@ async def _fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
     return FetchResult(pages=pages, cursor=new_cursor)
 
 
-async def fetch_page(session: aiohttp.ClientSession, request: Request, url: URL,
+async def fetch_page(session: aiohttp.ClientSession, request: PageRequest, url: URL,
                      headers: CIMultiDict[str], timeout: aiohttp.ClientTimeout) -> Page:
     """One request; a 2xx answer becomes a `Page` with its body untouched."""
     options: dict[str, Any] = {"headers": headers, "timeout": timeout}
@@ -177,39 +174,6 @@ def parse_json(body: bytes) -> Any:
         return jsonio.loads(body)
     except jsonio.InvalidJson as exc:
         raise SourceError(str(exc)) from None
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` value: delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # "-0000": UTC by RFC 5322
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def request_headers(config: Any) -> CIMultiDict[str]:
-    """Config headers, then the auth header (which wins over a config header of the same name).
-    Basic credentials are encoded here as UTF-8 (RFC 7617), as `aiohttp.BasicAuth` would for
-    ASCII; its `auth=` parameter is deprecated in aiohttp 3.14."""
-    headers: CIMultiDict[str] = CIMultiDict(config.headers)
-    if config.auth_type == "bearer":
-        headers["Authorization"] = f"Bearer {config.token}"
-    elif config.auth_type == "api_key":
-        headers[config.api_key_header] = str(config.api_key)
-    elif config.auth_type == "basic":
-        pair = f"{config.username}:{config.password}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    return headers
 
 
 def query_value(value: Any) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from agents.ingest.sources.base import FetchResult, Request, SourceError, fetch_pages
+from agents.ingest.sources.base import FetchResult, PageRequest, SourceError, fetch_pages
 from schemas.pipeline import GraphQLSource
 
 MAX_MESSAGE = 300
@@ -17,9 +17,9 @@ class GraphQL:
 
     async def fetch(self, config: GraphQLSource, cursor: Any,
                     session: aiohttp.ClientSession) -> FetchResult:
-        def build(carried: dict[str, Any], following_link: bool) -> Request:
+        def build(carried: dict[str, Any], following_link: bool) -> PageRequest:
             variables = config.variables | carried
-            return Request("POST", None, {"query": config.query, "variables": variables})
+            return PageRequest("POST", None, {"query": config.query, "variables": variables})
 
         return await fetch_pages(config, cursor, session, build, check_errors)
 

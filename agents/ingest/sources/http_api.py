@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from agents.ingest.sources.base import NO_BODY, FetchResult, Request, fetch_pages, query_value
+from agents.ingest.sources.base import NO_BODY, FetchResult, PageRequest, fetch_pages, query_value
 from schemas.pipeline import HttpApiSource
 
 
@@ -18,10 +18,10 @@ class HttpApi:
                     session: aiohttp.ClientSession) -> FetchResult:
         body = NO_BODY if config.body is None else config.body
 
-        def build(carried: dict[str, Any], following_link: bool) -> Request:
+        def build(carried: dict[str, Any], following_link: bool) -> PageRequest:
             if following_link:
-                return Request(config.method, None, body)
+                return PageRequest(config.method, None, body)
             params = {k: query_value(v) for k, v in (config.params | carried).items()}
-            return Request(config.method, params, body)
+            return PageRequest(config.method, params, body)
 
         return await fetch_pages(config, cursor, session, build)
