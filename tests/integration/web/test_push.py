@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from agents.web import push
 from dashpipe.settings import ADMIN, ApiSettings, Settings
 from tests.helpers import wait_until
-from tests.integration.test_mapper import webhook_pipeline, write_raw
+from tests.integration.mapping.test_mapper import webhook_pipeline, write_raw
 
 TOKENS = ApiSettings(api_tokens={SecretStr("tok-a"): "team-a", SecretStr("tok-b"): "team-b"},
                      admin_token=SecretStr("adm"))

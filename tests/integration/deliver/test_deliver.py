@@ -21,7 +21,7 @@ from standardwebhooks.webhooks import Webhook
 from dashpipe.settings import ADMIN, DeliverySettings, EgressSettings, Settings
 from schemas.records import DeadLetter
 from tests.helpers import read_topic, wait_until
-from tests.integration.test_mapper import webhook_pipeline, write_raw
+from tests.integration.mapping.test_mapper import webhook_pipeline, write_raw
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes
 FAST = DeliverySettings(retry_schedule=[0.2, 0.2, 0.2], jitter=0, status_seconds=0.2)

@@ -19,7 +19,7 @@ from dashpipe import kafka
 from dashpipe.settings import ADMIN, DatabaseSettings, Settings
 from schemas.records import DeadLetter, raw_headers
 from tests.helpers import read_topic, wait_until
-from tests.integration.test_mapper import webhook_pipeline, write_raw
+from tests.integration.mapping.test_mapper import webhook_pipeline, write_raw
 
 READINGS = {"records": "readings[*]", "time": {"path": "t", "format": "epoch_s"},
             "key": "sensor", "fields": {"sensor": {"path": "id", "type": "string",

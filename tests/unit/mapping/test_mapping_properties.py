@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from schemas.mapping import Mapping
 from streams.mapping.compiler import Mapped, compile_mapping
-from tests.unit.mapping_reference import PER_SECOND, reference, select_records
+from tests.unit.mapping.mapping_reference import PER_SECOND, reference, select_records
 
 RECEIVED = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 SETTINGS = settings(max_examples=200, deadline=None,

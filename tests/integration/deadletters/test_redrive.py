@@ -15,8 +15,8 @@ from dashpipe.settings import ADMIN, Settings
 from schemas.records import TransformedRecord
 from tests.helpers import read_topic, topic_size, wait_until
 from tests.integration.conftest import Run
-from tests.integration.test_deliver import FAST, Receiver, hook, serve
-from tests.integration.test_mapper import webhook_pipeline, write_raw
+from tests.integration.deliver.test_deliver import FAST, Receiver, hook, serve
+from tests.integration.mapping.test_mapper import webhook_pipeline, write_raw
 
 STRICT = {"records": "items[*]",
           "fields": {"n": {"path": "n", "type": "integer", "required": True}}}

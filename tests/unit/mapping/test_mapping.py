@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from schemas.mapping import Mapping
 from streams.mapping.compiler import Mapped, Row, RowError, compile_mapping
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RECEIVED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 REFUSED = object()  # a value the type does not accept: the row is a dead letter

@@ -18,9 +18,9 @@ from dashpipe.cli import stack
 from dashpipe.settings import ADMIN, DatabaseSettings, Settings
 from tests.conftest import Storage
 from tests.helpers import wait_until
-from tests.integration.test_mapper import webhook_pipeline, write_raw
-from tests.integration.test_persist import count, persisting, readings
-from tests.integration.test_push import TOKENS, A
+from tests.integration.mapping.test_mapper import webhook_pipeline, write_raw
+from tests.integration.persist.test_persist import count, persisting, readings
+from tests.integration.web.test_push import TOKENS, A
 
 
 def _ds(settings: Settings, storage: Storage, **changes: Any) -> DatabaseSettings:

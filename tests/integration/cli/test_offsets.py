@@ -19,8 +19,8 @@ from dashpipe.cli.roles import run_roles
 from dashpipe.runtime import Runtime, open_runtime
 from dashpipe.settings import ADMIN, Settings
 from tests.helpers import wait_until
-from tests.integration.test_mapper import write_raw
-from tests.integration.test_persist import count, persisting, readings
+from tests.integration.mapping.test_mapper import write_raw
+from tests.integration.persist.test_persist import count, persisting, readings
 
 Run = Callable[..., Awaitable[tuple[int, str, str]]]
 

@@ -13,7 +13,7 @@ from dashpipe.runtime import open_runtime
 from dashpipe.settings import Settings
 from tests.integration.conftest import Run
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 PIPELINES = """
 pipelines:

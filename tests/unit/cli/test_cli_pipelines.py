@@ -12,7 +12,7 @@ from dashpipe.cli import pipeline_files
 from dashpipe.cli.pipeline_files import FileError, check, read, table
 from dashpipe.pipelines import parse
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 

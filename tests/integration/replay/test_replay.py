@@ -13,7 +13,7 @@ import pytest
 from dashpipe.settings import ADMIN, Settings
 from streams.replay import replay as replays
 from tests.helpers import read_topic, topic_size, wait_until
-from tests.integration.test_mapper import webhook_pipeline, write_raw
+from tests.integration.mapping.test_mapper import webhook_pipeline, write_raw
 
 V1 = {"records": "items[*]", "fields": {"id": {"path": "id", "type": "string"},
                                         "t": {"path": "t", "type": "float"}}}
