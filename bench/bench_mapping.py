@@ -3,11 +3,11 @@
 The data: `--payloads` (2,000) GeoJSON payloads shaped like a USGS earthquake feed, in two
 variants: one feature per payload (~730 bytes each) and ten features per payload. About 3% of
 the features have a negative magnitude (the filter drops them) and 1% have no magnitude (a
-required field: the row fails), the rest map to one row each. The mapping is the README's
-example: `records: features[*]`, time `properties.time` as `epoch_ms`, key `quake_id`, fields
-`quake_id` (string, required), `mag` (float, required), `place` (string), `depth_km` (float,
-from `geometry.coordinates[2]`), `depth_m` (the same, `scale: 1000` then `round: 0`), filter
-`mag >= 0`.
+required field: the row fails), the rest map to one row each. The mapping is the demo's
+(`dashpipe/cli/quakes.py`): `records: features[*]`, time `properties.time` as `epoch_ms`, key
+`quake_id`, fields `quake_id` (string, required), `mag` (float, required), `place` (string),
+`depth_km` (float, from `geometry.coordinates[2]`), `depth_m` (the same, `scale: 1000` then
+`round: 0`), filter `mag >= 0`.
 
 Three sides, each going over the same list of payload bytes:
 
@@ -47,6 +47,7 @@ from typing import Any
 import orjson
 from harness import record, setup_logging
 
+from dashpipe.cli import quakes
 from schemas.mapping import Mapping
 from schemas.records import SCHEMA_VERSION
 from streams.mapping.compiler import compile_mapping
@@ -54,20 +55,7 @@ from streams.mapping.compiler import compile_mapping
 log = logging.getLogger("bench.mapping")
 
 PIPELINE_ID, TEAM_ID, MAPPING_VERSION = "quakes", "team-bench", 1
-MAPPING: dict[str, Any] = {
-    "records": "features[*]",
-    "time": {"path": "properties.time", "format": "epoch_ms"},
-    "key": "quake_id",
-    "fields": {
-        "quake_id": {"path": "id", "type": "string", "required": True},
-        "mag": {"path": "properties.mag", "type": "float", "required": True},
-        "place": {"path": "properties.place", "type": "string"},
-        "depth_km": {"path": "geometry.coordinates[2]", "type": "float"},
-        "depth_m": {"path": "geometry.coordinates[2]", "type": "float",
-                    "transforms": [{"scale": 1000}, {"round": 0}]},
-    },
-    "filter": {"field": "mag", "op": ">=", "value": 0},
-}
+MAPPING = quakes.MAPPING
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 JSON_OPTIONS = orjson.OPT_UTC_Z
 PLACES = ["Ridgecrest, CA", "Anza, CA", "Pahala, Hawaii", "Cobb, CA", "Toyah, Texas",

@@ -25,7 +25,7 @@ from aiokafka import ConsumerRecord
 from pydantic import SecretStr
 
 from dashpipe import kafka
-from dashpipe.cli import sample_api
+from dashpipe.cli import quakes, sample_api
 from dashpipe.cli.roles import ROLES, run_roles
 from dashpipe.cli.stack import state as stack_state
 from dashpipe.errors import DashpipeError
@@ -63,20 +63,6 @@ class DemoInfo:
         return shlex.join([*argv, "--data-raw", self.body.decode()])
 
 
-QUAKE_MAPPING: dict[str, Any] = {
-    "records": "features[*]",
-    "time": {"path": "properties.time", "format": "epoch_ms"},
-    "key": "quake_id",
-    "fields": {
-        "quake_id": {"path": "id", "type": "string", "required": True},
-        "mag": {"path": "properties.mag", "type": "float", "required": True},
-        "place": {"path": "properties.place", "type": "string"},
-        "depth_km": {"path": "geometry.coordinates[2]", "type": "float"},
-        "felt": {"path": "properties.felt", "type": "integer", "default": 0},
-        "magnitude_type": {"path": "properties.magType", "transforms": ["upper"]},
-    },
-    "filter": {"field": "mag", "op": ">=", "value": 0},
-}
 
 
 def pipelines(api_url: str, webhook_secret: str) -> list[dict[str, Any]]:
@@ -86,7 +72,7 @@ def pipelines(api_url: str, webhook_secret: str) -> list[dict[str, Any]]:
          "source_type": "http_api", "interval_seconds": 5,
          "source_config": {"url": api_url, "params": {"limit": 100},
                            "cursor": {"path": "metadata.last_time", "param": "since"}},
-         "data_mapping": QUAKE_MAPPING, "persist_data": True},
+         "data_mapping": quakes.MAPPING, "persist_data": True},
         {"id": WEBHOOK, "team_id": TEAM, "name": "Demo webhook", "type": "realtime",
          "source_type": "webhook", "source_config": {"webhook_secret": webhook_secret}},
     ]

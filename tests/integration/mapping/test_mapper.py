@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from dashpipe import kafka
+from dashpipe.cli import quakes
 from dashpipe.pipelines import Invalid
 from dashpipe.settings import ADMIN, PollSettings, Settings
 from schemas.records import DeadLetter, RawMetadata, TransformedRecord, raw_headers
@@ -20,20 +21,7 @@ from tests.helpers import read_topic, wait_until
 from tests.integration.conftest import FakeApi
 
 FAST = PollSettings(retry_base_seconds=0.5, retry_cap_seconds=2, tick_seconds=0.05)
-QUAKES = {
-    "records": "features[*]",
-    "time": {"path": "properties.time", "format": "epoch_ms"},
-    "key": "quake_id",
-    "fields": {
-        "quake_id": {"path": "id", "type": "string", "required": True},
-        "mag": {"path": "properties.mag", "type": "float", "required": True},
-        "place": {"path": "properties.place", "type": "string"},
-        "depth_km": {"path": "geometry.coordinates[2]", "type": "float"},
-        "depth_m": {"path": "geometry.coordinates[2]", "type": "float",
-                    "transforms": [{"scale": 1000}, {"round": 0}]},
-    },
-    "filter": {"field": "mag", "op": ">=", "value": 0},
-}
+QUAKES = quakes.MAPPING
 FEED = {"type": "FeatureCollection", "features": [
     {"id": "q1", "properties": {"mag": 2.5, "place": "5 km N of A", "time": 1764300000123},
      "geometry": {"coordinates": [-120.1, 35.2, 7.25]}},
