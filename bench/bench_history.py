@@ -62,12 +62,12 @@ from harness import (
     drop_schema,
     record,
     setup_logging,
-    storages,
 )
 from pydantic import SecretStr
 
 from agents.web import history
 from dashpipe import db, rollups
+from dashpipe.cli.stack.postgres import storages
 from dashpipe.errors import DashpipeError
 from dashpipe.settings import DatabaseSettings, load_settings
 from schemas.pipeline import Pipeline

@@ -4,8 +4,8 @@ PostgreSQL (native monthly partitions) and TimescaleDB (a hypertable with its co
 policy, as `db.migrate` makes it).
 
 The storages: the stack's PostgreSQL server, found as the tests find them
-(`harness.storages`): its own database for the storage it has, the sibling `<db>_plain`
-(without the extension) or `<db>_timescaledb` for the other, created when missing. A server
+(`dashpipe.cli.stack.postgres.storages`): its own database for the storage it has, the sibling
+`<db>_plain` (without the extension) or `<db>_timescaledb` for the other, created when missing. A server
 without TimescaleDB gets one line saying so and the plain side only.
 
 The data: `--records` (200,000) transformed records exactly as `streams.mapping.mapper` writes them
@@ -108,13 +108,13 @@ from harness import (
     record,
     scratch_prefix,
     setup_logging,
-    storages,
 )
 from pydantic import SecretStr
 
 from agents.persist.persister import Row, Writer, to_row
 from dashpipe import db, kafka
 from dashpipe.batcher import Record, partition_for, send_records
+from dashpipe.cli.stack.postgres import storages
 from dashpipe.errors import DashpipeError
 from dashpipe.runtime import open_runtime
 from dashpipe.settings import ADMIN, DatabaseSettings, Settings, load_settings

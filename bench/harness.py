@@ -25,7 +25,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -177,46 +176,6 @@ async def check_database(url: str) -> None:
               "`dashpipe up` first", file=sys.stderr)
         raise SystemExit(2) from None
     await conn.close()
-
-
-async def storages(url: str) -> dict[str, str]:
-    """Storage (`postgres`, `timescaledb`) -> the URL of a database for it on the server of
-    `url`, found as the tests find them: the stack's database for the storage it has, and a
-    sibling for the other, created when missing (`<db>_plain` without the extension, or
-    `<db>_timescaledb` with it when the server can load it). A storage the server cannot
-    give (TimescaleDB not installed) is absent."""
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        has = await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
-        can = await conn.fetchval(
-            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-        name = await conn.fetchval("SELECT current_database()")
-    finally:
-        await conn.close()
-    if has:
-        return {"postgres": await _sibling(url, f"{name}_plain", False), "timescaledb": url}
-    found = {"postgres": url}
-    if can:
-        found["timescaledb"] = await _sibling(url, f"{name}_timescaledb", True)
-    return found
-
-
-async def _sibling(url: str, name: str, timescaledb: bool) -> str:
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # a parallel session
-                await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    other = urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-    if timescaledb:
-        conn = await asyncpg.connect(other, timeout=10)
-        try:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        finally:
-            await conn.close()
-    return other
 
 
 async def compression_policy_ran(pool: asyncpg.Pool, schema: str, wait: float = 30.0) -> None:

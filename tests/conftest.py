@@ -14,7 +14,6 @@ server that has it). Without TimescaleDB the second run skips, or fails in CI.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import subprocess
@@ -25,7 +24,6 @@ from dataclasses import dataclass, replace
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -33,7 +31,7 @@ from pydantic import SecretStr
 
 from dashpipe import kafka, topics
 from dashpipe.cli import stack
-from dashpipe.cli.stack import Endpoints
+from dashpipe.cli.stack import Endpoints, postgres
 from dashpipe.settings import (
     DatabaseSettings,
     EgressSettings,
@@ -104,47 +102,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("storage", only.args if only else STORAGES, indirect=True)
 
 
-async def _database(url: str, name: str, timescaledb: bool) -> str:
-    """The URL of database `name` on the server of `url`, created (with or without the
-    extension) when missing."""
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # a parallel session
-                await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    parts = urlsplit(url)
-    other = urlunsplit(parts._replace(path=f"/{name}"))
-    if timescaledb:
-        conn = await asyncpg.connect(other, timeout=10)
-        try:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        finally:
-            await conn.close()
-    return other
-
-
-async def _databases(url: str) -> dict[str, str]:
-    """Storage name -> database URL on the services' server; a missing one is absent."""
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        has = await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
-        can = await conn.fetchval(
-            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-        name = await conn.fetchval("SELECT current_database()")
-    finally:
-        await conn.close()
-    found = {"timescaledb": url} if has else {}
-    if has:
-        found["postgres"] = await _database(url, f"{name}_plain", False)
-    else:
-        found["postgres"] = url
-        if can:
-            found["timescaledb"] = await _database(url, f"{name}_timescaledb", True)
-    return found
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """How many tests of the database ran on each storage (CI's log shows both paths)."""
     passed = terminalreporter.stats.get("passed", [])
@@ -157,7 +114,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture(scope="session")
 def databases(services: Endpoints) -> dict[str, str]:
-    return asyncio.run(_databases(services.database_url.get_secret_value()))
+    return asyncio.run(postgres.storages(services.database_url.get_secret_value()))
 
 
 @pytest.fixture
