@@ -5,8 +5,8 @@ policy, as `db.migrate` makes it).
 
 The storages: the stack's PostgreSQL server, found as the tests find them
 (`dashpipe.cli.stack.postgres.storages`): its own database for the storage it has, the sibling
-`<db>_plain` (without the extension) or `<db>_timescaledb` for the other, created when missing. A server
-without TimescaleDB gets one line saying so and the plain side only.
+`<db>_plain` (without the extension) or `<db>_timescaledb` for the other, created when missing.
+A server without TimescaleDB gets one line saying so and the plain side only.
 
 The data: `--records` (200,000) transformed records exactly as `streams.mapping.mapper` writes them
 (JSON: pipeline_id, team_id, time, key, fields, lineage, mapping_version, ingest_id,
