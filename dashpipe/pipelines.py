@@ -14,7 +14,7 @@ from typing import Any, Literal
 from dashpipe.errors import DashpipeError
 from dashpipe.registry import Registry, RegistryWriter
 from dashpipe.settings import ADMIN
-from schemas.pipeline import Pipeline, keep_masked
+from schemas.pipeline import Pipeline, PipelineSource, keep_masked
 
 SERVER_FIELDS = ("created_at", "updated_at", "mapping_version")
 VIEW_FIELDS = ("error_message", "last_run_at", "next_due_at", "cursor",
@@ -167,10 +167,13 @@ class PipelineService:
         data = keep_masked(data, old.model_dump(mode="json"))
         new = parse({**data, "created_at": old.created_at, "updated_at": old.updated_at,
                      "mapping_version": old.mapping_version})
-        if new.model_dump() == old.model_dump():  # (== would also compare private caches)
+        # the dumps, as the record keeps them: == would miss a mapping that now spells out
+        # one of its defaults
+        before, after = old.model_dump(), new.model_dump()
+        if after == before:
             return old
         self._check_source(new)
-        version = old.mapping_version + (new.data_mapping != old.data_mapping)
+        version = old.mapping_version + (after["data_mapping"] != before["data_mapping"])
         new = new.model_copy(update={"updated_at": _now(), "mapping_version": version})
         await self.writer.put(new)
         return new
@@ -178,12 +181,12 @@ class PipelineService:
     def _check_source(self, p: Pipeline) -> None:
         """A derived pipeline reads an existing pipeline of its own team, and no chain of
         sources leads back to it."""
-        if p.source_type != "pipeline":
+        if not isinstance(p.source_config, PipelineSource):
             return
         chain = [p.id]
         current: Pipeline | None = p
-        while current is not None and current.source_type == "pipeline":
-            parent_id = str(current.source_config["pipeline_id"])
+        while current is not None and isinstance(current.source_config, PipelineSource):
+            parent_id = current.source_config.pipeline_id
             if parent_id in chain:
                 cycle = " -> ".join([*chain, parent_id])
                 raise Invalid([{"loc": "source_config.pipeline_id",

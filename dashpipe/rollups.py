@@ -58,7 +58,7 @@ class Rollup:
 
 
 def numeric_fields(p: Pipeline) -> tuple[str, ...]:
-    spec = p.mapping()
+    spec = p.data_mapping
     if spec is None or not p.persist_data:
         return ()
     return tuple(name for name, f in spec.fields.items() if f.type in ("integer", "float"))

@@ -1,28 +1,31 @@
 """The pipeline definition, as kept (key = id) in the compacted `<prefix>.pipelines` topic.
 
-`source_config` is validated against the model of its `source_type`; errors name the full
-path (`source_config.pagination.max_pages`). Secrets inside it are write-only: `public()`
-masks them, and a masked value sent back on update keeps the stored secret.
+`source_config` holds the model of its `source_type` (`HttpApiSource`, ...), each sink's
+`sink_config` the model of its `sink_type`, and `data_mapping` a `Mapping`; errors name the
+full path (`source_config.pagination.max_pages`). Secrets inside them are write-only:
+`public()` masks them, and a masked value sent back on update keeps the stored secret.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
-    PrivateAttr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+    field_serializer,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails
+from pydantic_core import InitErrorDetails, PydanticKnownError
 from pydantic_core.core_schema import ErrorType
 
 from schemas.jsonpath import compile_path
@@ -185,31 +188,69 @@ class HttpApiSink(_SinkCommon, _Auth):
 SINK_MODELS: dict[str, type[BaseModel]] = {"webhook": WebhookSink, "http_api": HttpApiSink}
 
 
-def _parsed(model: BaseModel, name: str, raw: Any, parse: Callable[[Any], Any]) -> Any:
-    """`parse(raw)`, cached in the private attribute `name` for as long as `raw` is the same
-    object. Read through `__pydantic_private__`: pydantic's own private-attribute access
-    is slower, and this is paid per webhook and per delivered row."""
-    private = model.__pydantic_private__
-    assert private is not None
-    cached = private.get(name)
-    if cached is None or cached[0] is not raw:
-        cached = private[name] = (raw, parse(raw))
-    return cached[1]
+def _typed_by_model_validator(value: Any, _: ValidatorFunctionWrapHandler) -> Any:
+    """The field validation of a typed config. Which model fits depends on another field
+    (`source_type`, `sink_type`), so the model validator types the config before this runs
+    and a model passes as is; so does a dict, left untyped only when the definition is
+    invalid anyway (its errors are reported)."""
+    if isinstance(value, dict | BaseModel):
+        return value
+    raise PydanticKnownError("dict_type")
+
+
+# The exported JSON Schemas keep these fields a plain object: the model they hold depends on
+# another field; what each type accepts is documented with the models above.
+_TYPED = (WrapValidator(_typed_by_model_validator),
+          WithJsonSchema({"type": "object", "additionalProperties": True}))
+SourceConfig = Annotated[HttpApiSource | GraphQLSource | WebhookSource | PipelineSource,
+                         *_TYPED]
+SinkConfig = Annotated[WebhookSink | HttpApiSink, *_TYPED]
+TypedMapping = Annotated[Mapping, *_TYPED]
+
+
+def _typed(kind: type[BaseModel], raw: Any, loc: tuple[str, ...],
+           errors: list[InitErrorDetails]) -> Any:
+    """`raw` validated as `kind`, or None with its errors added to `errors` under `loc`."""
+    try:
+        return kind.model_validate(raw)
+    except ValidationError as exc:
+        errors += _details(exc, prefix=loc)
+        return None
+
+
+def _typed_sink(sink: Any, loc: tuple[str, ...], errors: list[InitErrorDetails]) -> Any:
+    """`sink` (a `SinkSpec` as a dict) with its `sink_config` typed by its `sink_type`, errors
+    added under `loc`. A config that fails is replaced by a blank of its type, so that
+    `SinkSpec`'s own validator does not report the same errors again."""
+    kind = SINK_MODELS.get(sink.get("sink_type", "")) if isinstance(sink, dict) else None
+    if kind is None or not isinstance(raw := sink.get("sink_config", {}), dict | BaseModel):
+        return sink
+    config = _typed(kind, raw, (*loc, "sink_config"), errors)
+    return {**sink, "sink_config": kind.model_construct() if config is None else config}
 
 
 class SinkSpec(_Config):
     sink_type: Literal["webhook", "http_api"]
-    sink_config: dict[str, Any] = Field(default_factory=dict)
+    # absent: the model validator types {} (its required fields are reported missing)
+    sink_config: SinkConfig = Field(default_factory=dict)  # type: ignore[assignment]
     enabled: bool = Field(default=True, description="false after a 410 Gone; a PATCH "
                           "re-enables it")
     disabled_reason: str | None = None
 
-    _config: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
-
-    def config(self) -> Any:
-        """The typed sink config, parsed once."""
-        return _parsed(self, "_config", self.sink_config,
-                       SINK_MODELS[self.sink_type].model_validate)
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_config(cls, data: Any, handler: ModelWrapValidatorHandler[SinkSpec]) -> SinkSpec:
+        """Type `sink_config` with its type's model, errors located under it. Inside a
+        `Pipeline` the config comes typed already (the pipeline reports its errors)."""
+        errors: list[InitErrorDetails] = []
+        data = _typed_sink(data, (), errors)
+        if not errors:
+            return handler(data)
+        try:
+            handler(data)
+        except ValidationError as exc:
+            errors = _details(exc) + errors
+        raise ValidationError.from_exception_data(cls.__name__, errors)
 
 
 class Pipeline(BaseModel):
@@ -223,10 +264,12 @@ class Pipeline(BaseModel):
         default="active", description="what the owner asked for; `error` is runtime status")
     interval_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     source_type: SourceType
-    source_config: dict[str, Any] = Field(default_factory=dict)
-    data_mapping: dict[str, Any] | None = Field(
-        default=None, description="a mapping spec (schemas/mapping.schema.json); absent: each "
-        "payload passes through as one row")
+    # absent: the model validator types {} (its required fields are reported missing)
+    source_config: SourceConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    data_mapping: TypedMapping | None = Field(
+        default=None, title="Data Mapping",  # pydantic gives a model-typed field no title
+        description="a mapping spec (schemas/mapping.schema.json); absent: each payload "
+        "passes through as one row")
     mapping_version: int = Field(default=0, ge=0, description="set by the server: 1 for the "
                                  "first mapping, +1 on every change; 0 without one")
     persist_data: bool = False
@@ -234,55 +277,50 @@ class Pipeline(BaseModel):
     rate_limit_per_minute: int = Field(default=100, ge=1, le=1_000_000)
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    _source: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
-    _mapping: tuple[dict[str, Any], Mapping] | None = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
     @classmethod
-    def _validate_source(cls, data: Any, handler: ModelWrapValidatorHandler[Pipeline]) -> Pipeline:
-        """Validate `source_config` with its type's model, errors located under it."""
+    def _validate_typed(cls, data: Any, handler: ModelWrapValidatorHandler[Pipeline]) -> Pipeline:
+        """Type `source_config`, each sink's `sink_config` and `data_mapping` with their
+        models, errors located under them and listed after those of the other fields."""
+        typed_errors: list[InitErrorDetails] = []
+        if isinstance(data, dict):
+            data = dict(data)
+            kind = SOURCE_MODELS.get(data.get("source_type", ""))
+            raw = data.get("source_config", {})
+            if kind is not None and isinstance(raw, dict | BaseModel):
+                source = _typed(kind, raw, ("source_config",), typed_errors)
+                if source is not None:
+                    data["source_config"] = source
+            sinks = data.get("sinks")
+            if isinstance(sinks, list):
+                data["sinks"] = [_typed_sink(sink, ("sinks", str(i)), typed_errors)
+                                 for i, sink in enumerate(sinks)]
+            if data.get("data_mapping") is not None:
+                mapping = _typed(Mapping, data["data_mapping"], ("data_mapping",), typed_errors)
+                if mapping is not None:
+                    data["data_mapping"] = mapping
         errors: list[InitErrorDetails] = []
         model: Pipeline | None = None
         try:
             model = handler(data)
         except ValidationError as exc:
             errors += _details(exc)
-        raw = data.get("source_config", {}) if isinstance(data, dict) else None
-        kind = SOURCE_MODELS.get(data.get("source_type", "")) if isinstance(data, dict) else None
-        if kind is not None and isinstance(raw, dict):
-            try:
-                typed = kind.model_validate(raw)
-                if model is not None:
-                    model.source_config = typed.model_dump(mode="json")
-            except ValidationError as exc:
-                errors += _details(exc, prefix=("source_config",))
-        sinks = data.get("sinks") if isinstance(data, dict) else None
-        for i, sink in enumerate(sinks if isinstance(sinks, list) else []):
-            kind_of_sink = SINK_MODELS.get(sink.get("sink_type", "")) \
-                if isinstance(sink, dict) else None
-            if kind_of_sink is None or not isinstance(sink.get("sink_config", {}), dict):
-                continue
-            try:
-                config = kind_of_sink.model_validate(sink.get("sink_config", {}))
-                if model is not None:
-                    model.sinks[i].sink_config = config.model_dump(mode="json")
-            except ValidationError as exc:
-                errors += _details(exc, prefix=("sinks", str(i), "sink_config"))
-        spec = data.get("data_mapping") if isinstance(data, dict) else None
-        if spec is not None:
-            try:
-                typed_mapping = Mapping.model_validate(spec)
-                if model is not None:
-                    model.data_mapping = typed_mapping.model_dump(
-                        mode="json", by_alias=True, exclude_unset=True)
-            except ValidationError as exc:
-                errors += _details(exc, prefix=("data_mapping",))
+        errors += typed_errors
         if model is not None:
             errors += model.fit_errors()
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         assert model is not None
         return model
+
+    @field_serializer("data_mapping")
+    def _mapping_as_written(self, mapping: Mapping | None) -> dict[str, Any] | None:
+        """The mapping in the words it was written in: aliases (`and`, `or`, `not`), and
+        none of the defaults it left out."""
+        if mapping is None:
+            return None
+        return mapping.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     def fit_errors(self) -> list[InitErrorDetails]:
         out = []
@@ -295,17 +333,6 @@ class Pipeline(BaseModel):
             out.append(_error(("interval_seconds",), None,
                               "interval_seconds is required for a polling pipeline"))
         return out
-
-    def source(self) -> Any:
-        """The typed source config (`HttpApiSource`, `GraphQLSource`, ...), parsed once."""
-        return _parsed(self, "_source", self.source_config,
-                       SOURCE_MODELS[self.source_type].model_validate)
-
-    def mapping(self) -> Mapping | None:
-        """The typed mapping spec, parsed once; None when the pipeline has none."""
-        if self.data_mapping is None:
-            return None
-        return _parsed(self, "_mapping", self.data_mapping, Mapping.model_validate)  # type: ignore[no-any-return]
 
     def public(self) -> dict[str, Any]:
         """The definition as an API answers it: every secret masked."""

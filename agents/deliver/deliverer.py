@@ -218,7 +218,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         if cached is None or cached[0] is not p:
             targets = []
             for i, sink in enumerate(p.sinks):
-                config = sink.config() if sink.enabled else None
+                config = sink.sink_config if sink.enabled else None
                 limits = config.batching if isinstance(config, HttpApiSink) else None
                 targets.append(Target(i, sink.enabled, limits is not None and limits.max_rows > 1,
                                       config, SINKS[sink.sink_type]))
@@ -230,7 +230,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         now = time.monotonic()
         for (pid, index), batch in list(self.batches.items()):
             p = self.rt.registry.pipelines.get(pid)
-            config = p.sinks[index].config() if p is not None and index < len(p.sinks) else None
+            config = p.sinks[index].sink_config if p is not None and index < len(p.sinks) else None
             limits = config.batching if isinstance(config, HttpApiSink) else None
             if limits is not None and not everything and \
                     len(batch.rows) < limits.max_rows and batch.size < limits.max_bytes and \
@@ -271,7 +271,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         queue = self.queues.get(key)
         if queue is None:
             p = self.rt.registry.pipelines.get(delivery.pipeline_id)
-            concurrency = p.sinks[delivery.sink_index].config().concurrency \
+            concurrency = p.sinks[delivery.sink_index].sink_config.concurrency \
                 if p is not None and delivery.sink_index < len(p.sinks) else 1
             queue = self.queues[key] = SinkQueue(self.settings.queue_rows)
             self.workers += [asyncio.create_task(self._work(queue, self.counts[key]),

@@ -134,7 +134,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
         interval = float(p.interval_seconds or 60)
         try:
             result: FetchResult = await SOURCES[p.source_type].fetch(
-                p.source(), old.cursor if old else None, rt.http)
+                p.source_config, old.cursor if old else None, rt.http)
             await self._write_pages(p, result)
         except (SourceError, ConfigError, KafkaError, TimeoutError) as exc:
             message = str(exc) if isinstance(exc, DashpipeError) else \

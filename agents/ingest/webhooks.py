@@ -63,10 +63,10 @@ class Receiver:
             body = await request.read()  # stops past client_max_size (= the limit)
         except web.HTTPRequestEntityTooLarge:
             return self._reject(pid, 413, f"body over the {limit} byte limit")
-        if pipeline.source_type != "webhook":
+        source = pipeline.source_config
+        if not isinstance(source, WebhookSource):
             return self._reject(pid, 400, f"pipeline {pid!r} is not a realtime (webhook) "
                                           "pipeline")
-        source: WebhookSource = pipeline.source()
         now = time.time()
         try:
             verified = verify(source.secrets(), request.headers, body, now=now,

@@ -85,7 +85,7 @@ def _time(text: str | None, name: str) -> datetime | None:
 
 
 def _numeric(p: Pipeline) -> list[str]:
-    spec = p.mapping()
+    spec = p.data_mapping
     if spec is None:
         return []
     return [name for name, f in spec.fields.items() if f.type in ("integer", "float")]

@@ -172,7 +172,7 @@ def deliver_write(p: Pipeline, entry: Entry, names: TopicNames, partitions: dict
     if not sink.enabled:
         return (f"not redriven: sink {index} is disabled ({sink.disabled_reason}); enable it "
                 "first (PATCH the sink with enabled: true)")
-    limits = getattr(sink.config(), "batching", None)
+    limits = getattr(sink.sink_config, "batching", None)
     msg_id = message_id(p.id, rows[0]["lineage"], index)
     if limits is not None and limits.max_rows > 1:
         msg_id += f"-{len(rows)}"  # as the deliver role names a batch

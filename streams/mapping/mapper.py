@@ -26,7 +26,7 @@ from dashpipe import kafka
 from dashpipe.batcher import Record, partition_for, send_records
 from dashpipe.metrics import Metrics
 from schemas.headers import Header, header
-from schemas.pipeline import Pipeline
+from schemas.pipeline import Pipeline, PipelineSource
 from schemas.records import SCHEMA_VERSION, dead_letter, raw_headers
 from streams.mapping.compiler import Compiled, Mapped, RowError, compile_mapping
 
@@ -95,8 +95,8 @@ class Mapper:
         if self._children is None:
             found: dict[str, list[Pipeline]] = defaultdict(list)
             for p in self.rt.registry.pipelines.values():
-                if p.source_type == "pipeline" and p.status == "active":
-                    found[str(p.source_config["pipeline_id"])].append(p)
+                if isinstance(p.source_config, PipelineSource) and p.status == "active":
+                    found[p.source_config.pipeline_id].append(p)
             self._children = dict(found)
         return self._children
 
@@ -112,7 +112,7 @@ class Mapper:
             return self.pinned[p.id]
         c = self._compiled.get(p.id)
         if c is None or c.version != p.mapping_version:
-            spec = p.mapping()
+            spec = p.data_mapping
             version = p.mapping_version if spec is not None else 0
             c = self._compiled[p.id] = _Compiled(
                 version, compile_mapping(spec),

@@ -166,7 +166,7 @@ async def _work() -> None:
     names = TopicNames.from_prefix(settings.topics.prefix)
     tp = TopicPartition(names.raw, partition)
     mapper = Mapper(_Context(_Fixed({p.id: p}), names), partitions, feed_children=False)
-    spec = p.mapping()
+    spec = p.data_mapping
     mapper.pin(p, spec, p.mapping_version if spec is not None else 0)
     producer = kafka.producer(bootstrap, settings.kafka)
     consumer = kafka.consumer(bootstrap, settings.kafka, group_id=None)

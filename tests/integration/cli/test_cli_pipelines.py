@@ -69,7 +69,7 @@ async def test_apply_is_idempotent_and_reports_each_pipeline(dashpipe: Run, tmp_
     async with open_runtime(settings, settings.kafka.bootstrap_servers) as rt:
         stored = rt.registry.pipelines
         assert stored["weather"].name == "Weather (Paris)" and stored["weather"].team_id == "team-b"
-        assert stored["orders"].source_config["webhook_secret"] == SECRETS[0]
+        assert stored["orders"].source_config.webhook_secret == SECRETS[0]
 
 
 async def test_list_get_pause_resume_delete(dashpipe: Run, tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ async def test_demo_polls_into_bronze_and_its_curl_is_accepted(start_roles: Any,
 
         assert rt.web_url is not None
         command = info.curl(rt.web_url)
-        secret = rt.registry.pipelines[demo.WEBHOOK].source_config["webhook_secret"]
+        secret = rt.registry.pipelines[demo.WEBHOOK].source_config.webhook_secret
         assert secret.startswith("whsec_") and secret not in command
         url, headers, body = curl_request(command)
         assert url == f"{rt.web_url}/webhooks/{demo.WEBHOOK}"
