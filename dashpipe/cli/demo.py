@@ -81,10 +81,8 @@ def pipelines(api_url: str, webhook_secret: str) -> list[dict[str, Any]]:
 def webhook_secret(rt: Runtime) -> str:
     """The secret `demo-webhook` already has (the registry holds it unmasked), else a new one."""
     existing = rt.registry.pipelines.get(WEBHOOK)
-    if existing is not None and existing.source_type == "webhook":
-        # read the stored config, not `existing.source()`: that caches a private attribute,
-        # and a cached pipeline no longer compares equal to its re-parsed definition
-        return WebhookSource.model_validate(existing.source_config).secrets()[0]
+    if existing is not None and isinstance(existing.source_config, WebhookSource):
+        return existing.source_config.secrets()[0]
     return new_secret()
 
 
