@@ -71,6 +71,8 @@ class StackSettings(BaseSettings):
     state_dir: Path = Path(".dashpipe")
     cache_dir: Path = Path.home() / ".cache" / "dashpipe"
     kafka_version: str = "4.1.1"
+    kafka_brokers: int = Field(default=1, ge=1, le=5, description="local KRaft nodes; 3 gives "
+                               "replication factor 3 and min.insync.replicas 2")
     pg_bin_dir: Path | None = None
     kafka_heap: str = "512m"
 

@@ -9,7 +9,9 @@ import contextlib
 import logging
 import shlex
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +27,9 @@ log = logging.getLogger("dashpipe")
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    if args.brokers is not None:
+        settings = replace(settings, stack=settings.stack.model_copy(
+            update={"kafka_brokers": args.brokers}))
     ends = stack.up(settings)
     outcome = asyncio.run(_create_topics(settings, ends.bootstrap_servers))
     _print_status(settings)
@@ -58,11 +63,25 @@ def _print_status(settings: Settings) -> bool:
     return all(r.state != "stopped" for r in rows)
 
 
-async def _create_topics(settings: Settings, bootstrap: str) -> dict[str, str]:
+async def _create_topics(settings: Settings, bootstrap: str, wait: float = 60.0
+                         ) -> dict[str, str]:
+    """Create the catalogue's topics; retried while brokers that just joined the cluster are
+    not ready to answer yet (a restarted cluster registers its nodes before they serve)."""
+    from aiokafka.errors import KafkaError
+
     from dashpipe import kafka, topics
 
-    async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
-        return await topics.create_all(admin, topics.catalogue(settings.topics))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
+                return await topics.create_all(
+                    admin, topics.catalogue(stack.topic_settings(settings)))
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+            log.info("topics: %s; retrying", type(exc).__name__)
+            await asyncio.sleep(1)
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
@@ -76,7 +95,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 
     async def describe() -> list[dict[str, object]]:
         async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
-            return await topics.describe(admin, topics.catalogue(settings.topics))
+            return await topics.describe(admin, topics.catalogue(stack.topic_settings(settings)))
 
     rows = asyncio.run(describe())
     if args.json:
@@ -319,7 +338,10 @@ def _offsets_parser(sub: Any) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dashpipe", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the local Kafka and PostgreSQL (idempotent)")
+    up = sub.add_parser("up", help="start the local Kafka and PostgreSQL (idempotent)")
+    up.add_argument("--brokers", type=int, choices=range(1, 6), metavar="N",
+                    help="Kafka nodes (default 1, or as many as the log was made for); 3 "
+                         "gives replication factor 3 and min.insync.replicas 2")
     down = sub.add_parser("down", help="stop what `up` started; data stays in the state folder")
     down.add_argument("--purge", action="store_true",
                       help="also delete the state folder: the Kafka log and the database")

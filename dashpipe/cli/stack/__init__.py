@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from dashpipe.cli.stack import kafka, postgres
 from dashpipe.cli.stack import state as st
 from dashpipe.errors import ConfigError, StackError
-from dashpipe.settings import Settings
+from dashpipe.settings import Settings, TopicSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def endpoints(settings: Settings) -> Endpoints:
         if not state.kafka_port:
             raise ConfigError("DASHPIPE_KAFKA_BOOTSTRAP_SERVERS is not set and the local stack "
                               "is not up: run `dashpipe up`")
-        bootstrap = f"127.0.0.1:{state.kafka_port}"
+        bootstrap = ",".join(f"127.0.0.1:{p}" for p in state.kafka_ports or [state.kafka_port])
     db = settings.database.url
     if db is None:
         if not state.pg_port:
@@ -62,20 +62,20 @@ def resolved(settings: Settings) -> tuple[Settings, Endpoints]:
 
 
 async def wait_for_kafka(bootstrap: str, timeout: float = 90.0,
-                         alive: Callable[[], bool] | None = None) -> None:
-    """Return once the broker answers a metadata request; raise after `timeout` seconds."""
+                         alive: Callable[[], bool] | None = None, brokers: int = 1) -> None:
+    """Return once `brokers` brokers answer as one cluster; raise after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # "Unable connect" is expected until the broker listens
     try:
-        await _wait(bootstrap, deadline, timeout, alive)
+        await _wait(bootstrap, deadline, timeout, alive, brokers)
     finally:
         quiet.setLevel(level)
 
 
 async def _wait(bootstrap: str, deadline: float, timeout: float,
-                alive: Callable[[], bool] | None) -> None:
+                alive: Callable[[], bool] | None, brokers: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     last: Exception | None = None
@@ -87,8 +87,10 @@ async def _wait(bootstrap: str, deadline: float, timeout: float,
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
         try:
             await admin.start()
-            await admin.describe_cluster()
-            return
+            found = len((await admin.describe_cluster())["brokers"])
+            if found >= brokers:
+                return
+            last = StackError(f"{found} of {brokers} brokers in the cluster")
         except Exception as exc:  # the broker is still starting
             last = exc
         finally:
@@ -104,10 +106,12 @@ def up(settings: Settings) -> Endpoints:
     if not settings.kafka.bootstrap_servers:
         state = kafka.start(stack, state)
         st.save(stack.state_dir, state)
-        home = stack.state_dir.resolve() / "kafka"
+        homes = kafka.homes(stack, len(state.kafka_ports))
+        bootstrap = ",".join(f"127.0.0.1:{p}" for p in state.kafka_ports)
         try:
-            asyncio.run(wait_for_kafka(f"127.0.0.1:{state.kafka_port}",
-                                       alive=lambda: kafka.running_pid(home) is not None))
+            asyncio.run(wait_for_kafka(
+                bootstrap, brokers=len(homes),
+                alive=lambda: all(kafka.running_pid(h) is not None for h in homes)))
         except StackError as exc:
             raise StackError(f"{exc}\n--- kafka log ---\n{kafka.log_tail(stack)}") from None
     if settings.database.url is None:
@@ -150,10 +154,15 @@ def status(settings: Settings) -> list[ServiceStatus]:
     if settings.kafka.bootstrap_servers:
         out.append(ServiceStatus("kafka", settings.kafka.bootstrap_servers, "external"))
     else:
-        pid = kafka.running_pid(stack.state_dir.resolve() / "kafka")
-        where = f"127.0.0.1:{state.kafka_port} (Apache Kafka {stack.kafka_version}, KRaft, " \
-                f"log in {stack.state_dir.resolve() / 'kafka' / 'data'})"
-        out.append(ServiceStatus("kafka", where, f"running pid {pid}" if pid else "stopped"))
+        homes = kafka.homes(stack, len(state.kafka_ports) or None)
+        ports: list[int | None] = list(state.kafka_ports) or [state.kafka_port]
+        for i, home in enumerate(homes):
+            pid = kafka.running_pid(home)
+            port = ports[i] if i < len(ports) else None
+            name = "kafka" if len(homes) == 1 else f"kafka-{i + 1}"
+            where = f"127.0.0.1:{port} (Apache Kafka {stack.kafka_version}, KRaft, " \
+                    f"log in {home / 'data'})"
+            out.append(ServiceStatus(name, where, f"running pid {pid}" if pid else "stopped"))
     if settings.database.url is not None:
         out.append(ServiceStatus("postgresql", _redact(settings.database.url), "external"))
     else:
@@ -163,6 +172,17 @@ def status(settings: Settings) -> list[ServiceStatus]:
     if out[-1].state != "stopped":
         out.append(_storage(settings, state))
     return out
+
+
+def topic_settings(settings: Settings) -> TopicSettings:
+    """The topic settings, with replication factor 3 when the local stack runs three brokers
+    or more and `DASHPIPE_TOPIC_REPLICATION_FACTOR` does not say otherwise."""
+    ts = settings.topics
+    local = not settings.kafka.bootstrap_servers
+    nodes = len(st.load(settings.stack.state_dir).kafka_ports) if local else 0
+    if nodes >= 3 and "replication_factor" not in ts.model_fields_set:
+        return ts.model_copy(update={"replication_factor": 3})
+    return ts
 
 
 def _storage(settings: Settings, state: st.StackState) -> ServiceStatus:

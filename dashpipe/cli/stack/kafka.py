@@ -1,8 +1,10 @@
-"""Local Apache Kafka: one KRaft broker on loopback, run from its Maven Central jars.
+"""Local Apache Kafka: KRaft nodes on loopback (one by default, `DASHPIPE_KAFKA_BROKERS`
+for more, each a combined broker and controller), run from its Maven Central jars.
 
 The jars are resolved once with `mvn dependency:copy-dependencies` into
-`<cache_dir>/kafka-<version>/libs`; the log lives in `<state_dir>/kafka/data`
-and is formatted only the first time, so `down` + `up` keeps every record.
+`<cache_dir>/kafka-<version>/libs`; the log lives in `<state_dir>/kafka/data` (one node) or
+`<state_dir>/kafka/node-<id>/data` (several) and is formatted only the first time, so `down` +
+`up` keeps every record. A node that died is started again by the next `up`.
 """
 
 from __future__ import annotations
@@ -74,14 +76,17 @@ def _cluster_id() -> str:
             return found
 
 
-def _write_config(home: Path, port: int, controller_port: int) -> Path:
+def _write_config(home: Path, node: int, port: int, controller_port: int, voters: str,
+                  nodes: int) -> Path:
     data = home / "data"
     props = home / "server.properties"
+    rf = min(3, nodes)  # Kafka's internal topics replicated like ours
+    home.mkdir(parents=True, exist_ok=True)
     props.write_text(
         "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+            f"node.id={node}",
+            f"controller.quorum.voters={voters}",
             f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
             f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
             "controller.listener.names=CONTROLLER",
@@ -89,10 +94,12 @@ def _write_config(home: Path, port: int, controller_port: int) -> Path:
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={data}",
             "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
+            f"offsets.topic.replication.factor={rf}",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={min(2, rf)}",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={min(2, rf)}",
             "group.initial.rebalance.delay.ms=0",
             "",
         ])
@@ -116,16 +123,35 @@ def _write_config(home: Path, port: int, controller_port: int) -> Path:
     return props
 
 
-def _format(java: str, cp: str, props: Path, data: Path) -> None:
+def _format(java: str, cp: str, props: Path, data: Path, cluster: str) -> None:
     if (data / "meta.properties").exists():
         return
     done = subprocess.run(
         [java, "-cp", cp, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-         "-t", _cluster_id(), "-c", str(props)],
+         "-t", cluster, "-c", str(props)],
         capture_output=True, text=True, check=False,
     )
     if done.returncode != 0:
         raise StackError("formatting the Kafka log failed:\n" + (done.stdout + done.stderr)[-2000:])
+
+
+def base(stack: StackSettings) -> Path:
+    return stack.state_dir.resolve() / "kafka"
+
+
+def homes(stack: StackSettings, nodes: int | None = None) -> list[Path]:
+    """Each node's folder: `kafka/` itself for one node, `kafka/node-<id>` for several."""
+    n = stack.kafka_brokers if nodes is None else nodes
+    return [base(stack)] if n == 1 else [base(stack) / f"node-{i}" for i in range(1, n + 1)]
+
+
+def _made_for(stack: StackSettings) -> int | None:
+    """How many nodes the log on disk was formatted for (None: no log yet)."""
+    root = base(stack)
+    if (root / "data" / "meta.properties").exists():
+        return 1
+    made = sorted(root.glob("node-*/data/meta.properties"))
+    return len(made) or None
 
 
 def running_pid(home: Path) -> int | None:
@@ -133,19 +159,55 @@ def running_pid(home: Path) -> int | None:
 
 
 def start(stack: StackSettings, state: st.StackState) -> st.StackState:
-    """Start the broker unless it already runs; returns the state with its ports."""
-    home = stack.state_dir.resolve() / "kafka"
-    if running_pid(home) and state.kafka_port:
-        return state
+    """Start the nodes that do not run; returns the state with every node's ports."""
+    made = _made_for(stack)
+    n = stack.kafka_brokers if "kafka_brokers" in stack.model_fields_set else made or 1
+    if made is not None and made != n:
+        raise StackError(f"the local Kafka log was made for {made} node(s), not {n}: keep "
+                         f"DASHPIPE_KAFKA_BROKERS={made}, or `dashpipe down --purge` first")
+    nodes = homes(stack, n)
+    known = state.kafka_ports or ([state.kafka_port] if state.kafka_port else [])
+    known_c = state.controller_ports or ([state.controller_port] if state.controller_port else [])
+    if len(known) == n and len(known_c) == n and all(running_pid(h) for h in nodes):
+        return state.model_copy(update={"kafka_ports": known, "controller_ports": known_c})
     java = need("java", JAVA_HINT)
     cp = classpath(stack)
-    home.mkdir(parents=True, exist_ok=True)
-    port = st.free_port(state.kafka_port)
-    controller = st.free_port(state.controller_port)
-    if controller == port:
-        controller = st.free_port()
-    props = _write_config(home, port, controller)
-    _format(java, cp, props, home / "data")
+    taken: set[int] = set()
+    ports: list[int] = []
+    controllers: list[int] = []
+    for i, home in enumerate(nodes):
+        alive = running_pid(home) is not None and i < len(known) and i < len(known_c)
+        for chosen, pool in ((ports, known), (controllers, known_c)):
+            preferred = pool[i] if i < len(pool) else None
+            port = preferred if alive and preferred else st.free_port(preferred)
+            while port in taken:
+                port = st.free_port()
+            taken.add(port)
+            chosen.append(port)
+    voters = ",".join(f"{i}@127.0.0.1:{c}" for i, c in enumerate(controllers, 1))
+    cluster = _shared_cluster_id(base(stack))
+    for i, home in enumerate(nodes, 1):
+        if running_pid(home):
+            continue
+        props = _write_config(home, i, ports[i - 1], controllers[i - 1], voters, n)
+        _format(java, cp, props, home / "data", cluster)
+        _launch(stack, java, cp, home, props)
+    return state.model_copy(update={"kafka_port": ports[0], "controller_port": controllers[0],
+                                    "kafka_ports": ports, "controller_ports": controllers})
+
+
+def _shared_cluster_id(root: Path) -> str:
+    """The cluster id every node is formatted with, kept beside the nodes."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "cluster.id"
+    if path.exists():
+        return path.read_text().strip()
+    cluster = _cluster_id()
+    path.write_text(cluster)
+    return cluster
+
+
+def _launch(stack: StackSettings, java: str, cp: str, home: Path, props: Path) -> None:
     with open(home / "stdout.log", "ab") as out:
         proc = subprocess.Popen(
             [java, f"-Xmx{stack.kafka_heap}", f"-Xms{stack.kafka_heap}", "-XX:+UseG1GC",
@@ -155,24 +217,31 @@ def start(stack: StackSettings, state: st.StackState) -> st.StackState:
             start_new_session=True,
         )
     (home / "pid").write_text(str(proc.pid))
-    return state.model_copy(update={"kafka_port": port, "controller_port": controller})
 
 
 def log_tail(stack: StackSettings, lines: int = 30) -> str:
-    home = stack.state_dir.resolve() / "kafka"
     text = ""
-    for name in ("stdout.log", "server.log"):
-        path = home / name
-        if path.exists():
-            text += "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
+    for home in homes(stack):
+        for name in ("stdout.log", "server.log"):
+            path = home / name
+            if path.exists():
+                text += "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
     return text
 
 
+def all_homes(stack: StackSettings) -> list[Path]:
+    """Every node folder on disk, whatever the setting says now."""
+    root = base(stack)
+    return [root, *sorted(root.glob("node-*"))]
+
+
 def stop(stack: StackSettings) -> bool:
-    home = stack.state_dir.resolve() / "kafka"
-    pid = running_pid(home)
-    if pid is None:
-        return False
-    st.terminate(pid, timeout=60)
-    (home / "pid").unlink(missing_ok=True)
-    return True
+    stopped = False
+    for home in all_homes(stack):
+        pid = running_pid(home)
+        if pid is None:
+            continue
+        st.terminate(pid, timeout=60)
+        (home / "pid").unlink(missing_ok=True)
+        stopped = True
+    return stopped

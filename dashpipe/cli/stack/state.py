@@ -13,8 +13,10 @@ from pydantic import BaseModel
 
 
 class StackState(BaseModel):
-    kafka_port: int | None = None
+    kafka_port: int | None = None  # the first node's (every node's: `kafka_ports`)
     controller_port: int | None = None
+    kafka_ports: list[int] = []
+    controller_ports: list[int] = []
     pg_port: int | None = None
     pg_password: str | None = None
     pg_data: str | None = None

@@ -8,11 +8,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from dashpipe import topics
 from dashpipe.cli.stack import Endpoints
 from dashpipe.settings import Settings
 
@@ -116,3 +118,75 @@ def test_run_starts_a_role_and_stops_on_sigterm(settings: Settings, services: En
         code = proc.wait(timeout=60)
     assert code == 0, log.read_text()[-2000:]
     assert "Traceback" not in log.read_text()
+
+
+def _leader_pid(state: Path, admin_meta: Any, topic: str) -> tuple[int, int]:
+    """(node id, pid) of the leader of partition 0 of `topic`."""
+    leader = next(p["leader"] for t in admin_meta if t["topic"] == topic
+                  for p in t["partitions"] if p["partition"] == 0)
+    return leader, int((state / "kafka" / f"node-{leader}" / "pid").read_text())
+
+
+async def _read_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        got: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(got) < expected and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                got += [r.value for r in records]
+        return got
+    finally:
+        await consumer.stop()
+
+
+async def test_three_brokers_keep_acknowledged_writes_when_the_leader_dies(
+        tmp_path: Path, services: Endpoints) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    state = tmp_path / "state"
+    env = _env(DASHPIPE_STATE_DIR=str(state),
+               DASHPIPE_DATABASE_URL=services.database_url.get_secret_value())
+    try:
+        up = dashpipe("up", "--brokers", "3", env=env)
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert [line.split()[0] for line in up.stdout.splitlines()[:3]] == [
+            "kafka-1", "kafka-2", "kafka-3"]
+        bootstrap = _exports(env)["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"]
+        assert len(bootstrap.split(",")) == 3
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            assert len((await admin.describe_cluster())["brokers"]) == 3
+            meta = (await admin.describe_topics(["dashpipe.raw"]))
+            assert {len(p["replicas"]) for p in meta[0]["partitions"]} == {3}
+            config = await topics.describe_config(admin, "dashpipe.raw")
+            assert config["min.insync.replicas"] == "2"
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                        enable_idempotence=True)
+            await producer.start()
+            try:
+                for i in range(50):
+                    await producer.send_and_wait("dashpipe.raw", b"before-%d" % i, partition=0)
+                node, pid = _leader_pid(state, meta, "dashpipe.raw")
+                os.kill(pid, signal.SIGKILL)  # the leader of partition 0, mid-stream
+                for i in range(50):
+                    await producer.send_and_wait("dashpipe.raw", b"after-%d" % i, partition=0)
+            finally:
+                await producer.stop()
+        finally:
+            await admin.close()
+        values = await _read_all(bootstrap, "dashpipe.raw", 100)
+        assert sorted(values) == sorted([b"before-%d" % i for i in range(50)]
+                                        + [b"after-%d" % i for i in range(50)])
+        again = dashpipe("up", env=env)  # no flag: as many nodes as the log was made for
+        assert again.returncode == 0, again.stderr
+        assert f"kafka-{node}" in again.stdout and "stopped" not in again.stdout
+        assert dashpipe("down", env=env).returncode == 0
+        assert dashpipe("up", env=env).returncode == 0  # the log survives down and up
+        bootstrap = _exports(env)["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"]
+        assert len(await _read_all(bootstrap, "dashpipe.raw", 100)) == 100
+    finally:
+        dashpipe("down", "--purge", env=env)
