@@ -112,11 +112,11 @@ async def describe(conn: asyncpg.Connection, schema: str) -> str:
     if found.timescaledb:
         return (f"TimescaleDB {found.timescaledb}: {table} not created yet (the persist role "
                 "makes it a hypertable)")
-    parts = await conn.fetchval(
-        "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass($1)", table)
     if await conn.fetchval("SELECT to_regclass($1)", table) is None:
         return (f"PostgreSQL native monthly partitions: {table} not created yet "
                 "(no TimescaleDB in this database)")
+    parts = await conn.fetchval(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass($1)", table)
     return f"PostgreSQL native monthly partitions: {table}, {parts} partitions"
 
 

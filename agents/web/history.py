@@ -63,7 +63,8 @@ def parse(params: Any, pipeline: Pipeline, now: datetime) -> Query:
     agg = params.get("agg", "avg")
     if agg not in AGGREGATES:
         raise BadQuery(f"agg: {agg[:20]!r} is not one of {', '.join(AGGREGATES)}")
-    fields = [f for f in params.get("fields", "").split(",") if f] or _numeric(pipeline)
+    fields = [f for f in params.get("fields", "").split(",") if f] or \
+        list(rollups.numeric_fields(pipeline))
     if not fields:
         raise BadQuery("fields: name the fields (the pipeline's mapping has no numeric field)")
     if len(fields) > MAX_FIELDS:
@@ -82,13 +83,6 @@ def _time(text: str | None, name: str) -> datetime | None:
     except ValueError:
         raise BadQuery(f"{name}: {text[:40]!r} is not an RFC 3339 time") from None
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
-
-
-def _numeric(p: Pipeline) -> list[str]:
-    spec = p.data_mapping
-    if spec is None:
-        return []
-    return [name for name, f in spec.fields.items() if f.type in ("integer", "float")]
 
 
 def _column(agg: str, n: int) -> str:

@@ -19,7 +19,7 @@ from dashpipe.settings import ADMIN, DatabaseSettings, Settings
 from tests.conftest import Storage
 from tests.helpers import wait_until
 from tests.integration.mapping.test_mapper import webhook_pipeline, write_raw
-from tests.integration.persist.test_persist import count, persisting, readings
+from tests.integration.persist.test_persist import _equals, count, persisting, readings
 from tests.integration.web.test_push import TOKENS, A
 
 
@@ -84,7 +84,7 @@ async def test_a_replay_into_a_compressed_chunk_updates_the_rows_in_place(
     old = 1764300000  # 2025-11-28: long past the compression policy's 7 days
     await write_raw(settings, rt.names.raw, "sensors",
                     [readings(("a", old, 20.5), ("b", old, 18.0), ("c", old + 90000, 1.0))])
-    await wait_until(lambda: _is(count(db, "sensors"), 3), what="3 rows stored")
+    await wait_until(lambda: _equals(count(db, "sensors"), 3), what="3 rows stored")
     ext = await _ext(db)
     chunks = await db.fetch(f"SELECT {ext}.compress_chunk(c, if_not_compressed => TRUE) "
                             f"FROM {ext}.show_chunks('pipeline_data') c")
@@ -93,7 +93,7 @@ async def test_a_replay_into_a_compressed_chunk_updates_the_rows_in_place(
     # the same readings again, b corrected: an overlapping poll or a replay
     await write_raw(settings, rt.names.raw, "sensors",
                     [readings(("a", old, 20.5), ("b", old, 18.4), ("c", old + 90000, 1.0))])
-    await wait_until(lambda: _is(_temp(db, "b"), 18.4), what="b corrected in place")
+    await wait_until(lambda: _equals(_temp(db, "b"), 18.4), what="b corrected in place")
     assert await count(db, "sensors") == 3
     assert sorted(await db.fetch("SELECT row_key, (data->>'temp')::float8 AS t "
                                  "FROM pipeline_data"), key=lambda r: r[0]) == [
@@ -118,10 +118,6 @@ async def _temp(db: asyncpg.Pool, sensor: str) -> float | None:
     return None if value is None else float(value)
 
 
-async def _is(value: Any, expected: Any) -> bool:
-    return bool(await value == expected)
-
-
 ROLLED = {"records": "readings[*]", "time": {"path": "t", "format": "epoch_s"},
           "key": "sensor", "fields": {"sensor": {"path": "id", "type": "string",
                                                  "required": True},
@@ -143,7 +139,7 @@ async def test_coarse_buckets_come_from_the_rollup_and_equal_the_rows(
               "level": k % 5} for k in range(172) for s in ("a", "b")]
     await write_raw(settings, rt.names.raw, "rolled",
                     [orjson.dumps({"readings": items[i:i + 50]}) for i in range(0, 344, 50)])
-    await wait_until(lambda: _is(count(db, "rolled"), 344), what="344 rows stored")
+    await wait_until(lambda: _equals(count(db, "rolled"), 344), what="344 rows stored")
     await wait_until(lambda: _materialized(db, rollup["view_name"], "f0_n", 0),
                      what="the minutes materialised")
     start, end = t0 + 13, t0 + 17 * 60 + 29  # ragged ends: rows there, minutes between
