@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install up down status run test unit bench bench-quick lint schemas
+.PHONY: help install up down status run test unit chaos bench bench-quick lint schemas
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,11 @@ run: up  ## set up everything and run the demo: data moving through every role (
 	$(BIN)/dashpipe demo
 
 test: install  ## unit + integration tests against the real broker and database
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/system
+
+MINUTES ?= 3
+chaos: install  ## system test with faults on a stack of its own (MINUTES=3 of load)
+	DASHPIPE_CHAOS_MINUTES=$(MINUTES) $(BIN)/python -m pytest tests/system -m system -s
 
 unit: install  ## unit tests only (no services)
 	$(BIN)/python -m pytest tests/unit
