@@ -14,6 +14,8 @@ HELP = {
     "dashpipe_filtered_total": ("counter", "Rows this map process dropped by the filter"),
     "dashpipe_map_dead_letters_total": ("counter", "Dead letters this map process wrote"),
     "dashpipe_map_skipped_total": ("counter", "Raw records of deleted pipelines, not mapped"),
+    "dashpipe_map_repeats_total": ("counter", "Raw records not mapped: their dedup id was seen "
+                                   "within the window (a sender's retry)"),
     "dashpipe_persisted_total": ("counter", "Rows this persist process stored"),
     "dashpipe_persist_retries_total": ("counter", "Persist batches retried (database away)"),
     "dashpipe_persist_assignments_total": ("counter", "Partition assignments of this persist "

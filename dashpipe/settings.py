@@ -7,7 +7,6 @@ Secrets are `SecretStr`; their repr never shows the value.
 from __future__ import annotations
 
 import hmac
-import secrets
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -46,6 +45,12 @@ class DatabaseSettings(BaseSettings):
     acquire_timeout_seconds: float = Field(default=5.0, gt=0, description="deadline of every "
                                            "pool acquire and connect")
     statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    api_acquire_timeout_seconds: float = Field(
+        default=1.0, gt=0, description="the data API: how long a read waits for a free "
+        "connection of the web role's pool; past it 503 with Retry-After")
+    api_statement_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="the data API: deadline of every statement of the web "
+        "role's pool; past it 503 with Retry-After")
     compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB only")
     retention_days: int | None = Field(default=None, ge=1, description="TimescaleDB only; "
                                        "unset: keep every row")
@@ -97,11 +102,22 @@ class ApiSettings(BaseSettings):
     api_tokens: dict[SecretStr, str] = Field(
         default_factory=dict, description="JSON object: token -> team id")
     admin_token: SecretStr | None = None
-    session_secret: SecretStr = Field(
-        default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
-        description="signs browser sessions; set the same value on every web process (default: "
-                    "random per process)")
+    session_secret: SecretStr | None = Field(
+        default=None, description="signs browser sessions (default: a key derived from the "
+        "tokens, the same on every web process that has the same tokens)")
     session_seconds: int = Field(default=12 * 3600, ge=60)
+
+    def session_key(self) -> bytes:
+        """The key of browser sessions. Derived, it needs every token to compute: a holder of
+        one team's token cannot forge another team's session (and `session_team` refuses
+        admin sessions unless an admin token is set)."""
+        if self.session_secret is not None:
+            return self.session_secret.get_secret_value().encode()
+        tokens = sorted(t.get_secret_value() for t in self.api_tokens)
+        if self.admin_token is not None:
+            tokens.append("admin:" + self.admin_token.get_secret_value())
+        return hmac.digest(b"dashpipe browser session v1", "\0".join(tokens).encode(),
+                           "sha256")
 
     def team_for(self, token: str) -> str | None:
         """The team of a token; `ADMIN` for the admin token; None when unknown."""

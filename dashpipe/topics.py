@@ -29,6 +29,7 @@ class TopicNames:
     pipelines: str
     status: str
     retry: str
+    members: str
 
     @classmethod
     def from_prefix(cls, prefix: str) -> TopicNames:
@@ -39,6 +40,7 @@ class TopicNames:
             pipelines=f"{prefix}.pipelines",
             status=f"{prefix}.pipeline-status",
             retry=f"{prefix}.deliver-retry",
+            members=f"{prefix}.members",
         )
 
 
@@ -52,6 +54,10 @@ def catalogue(ts: TopicSettings) -> list[TopicSpec]:
     compacted = {"cleanup.policy": "compact", "min.insync.replicas": str(min(2, rf)),
                  "min.compaction.lag.ms": "0", "segment.ms": str(3600 * 1000)}
     week = {"cleanup.policy": "delete", "retention.ms": WEEK_MS, "min.insync.replicas": "1"}
+    # heartbeats: the latest per member, and a killed member's last one gone after a day
+    members = {"cleanup.policy": "compact,delete", "retention.ms": str(24 * 3600 * 1000),
+               "min.insync.replicas": "1", "min.compaction.lag.ms": "0",
+               "segment.ms": str(3600 * 1000)}
     return [
         TopicSpec(names.raw, ts.partitions, rf, "Bronze: every payload as received, kept forever",
                   kept),
@@ -65,6 +71,8 @@ def catalogue(ts: TopicSettings) -> list[TopicSpec]:
                   "pipeline runtime status, poll cursor and schedule", compacted),
         TopicSpec(names.retry, ts.partitions, rf, "sink deliveries waiting for their next attempt",
                   week),
+        TopicSpec(names.members, 1, rf, "heartbeats of the running processes per role, with "
+                  "their load (the web role shares rate limits by it)", members),
     ]
 
 

@@ -13,6 +13,9 @@ class Header:
     SOURCE = "dashpipe-source"  # poll | webhook | pipeline
     RECEIVED_AT = "dashpipe-received-at"
     INGEST_ID = "dashpipe-ingest-id"
+    # the sender's id of a payload (a webhook-id, a parent row's lineage): the map role skips a
+    # repeat of it within the dedup window
+    DEDUP_ID = "dashpipe-dedup-id"
     CONTENT_TYPE = "content-type"
     URL = "dashpipe-url"
     HTTP_STATUS = "dashpipe-http-status"

@@ -31,6 +31,7 @@ RAW_HEADERS: dict[str, str] = {
     "url": Header.URL,
     "http_status": Header.HTTP_STATUS,
     "schema_version": Header.SCHEMA_VERSION,
+    "dedup_id": Header.DEDUP_ID,
 }
 
 
@@ -55,6 +56,10 @@ class RawMetadata(_Record):
     url: str | None = Field(default=None, description="the polled URL, without credentials")
     http_status: int | None = None
     schema_version: int = SCHEMA_VERSION
+    dedup_id: str | None = Field(
+        default=None, description="the sender's id of this payload (a Standard Webhooks "
+        "webhook-id, a parent row's lineage): a repeat of it for the same pipeline within the "
+        "dedup window is kept in Bronze but not mapped again")
 
     @field_validator("received_at")
     @classmethod
@@ -65,7 +70,7 @@ class RawMetadata(_Record):
     def to_headers(self) -> list[tuple[str, bytes]]:
         return raw_headers(self.pipeline_id, self.team_id, self.source,
                            int(self.received_at.timestamp() * 1000), self.ingest_id,
-                           self.content_type, self.url, self.http_status)
+                           self.content_type, self.url, self.http_status, self.dedup_id)
 
     @classmethod
     def from_headers(cls, headers: Any) -> RawMetadata:
@@ -148,7 +153,8 @@ def dead_letter(stage: str, reason: str, pipeline_id: str, team_id: str, lineage
 
 def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, ingest_id: str,
                 content_type: str = "application/json", url: str | None = None,
-                http_status: int | None = None) -> list[tuple[str, bytes]]:
+                http_status: int | None = None, dedup_id: str | None = None
+                ) -> list[tuple[str, bytes]]:
     """The Kafka headers of a Bronze record (what `RawMetadata.to_headers` gives), built
     without a model: this runs once per received payload."""
     seconds, millis = divmod(received_ms, 1000)
@@ -164,6 +170,8 @@ def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, i
         out.append((Header.URL, url.encode()))
     if http_status is not None:
         out.append((Header.HTTP_STATUS, str(http_status).encode()))
+    if dedup_id is not None:
+        out.append((Header.DEDUP_ID, dedup_id.encode()))
     out.append(_SCHEMA_VERSION_HEADER)
     return out
 

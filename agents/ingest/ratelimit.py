@@ -31,19 +31,21 @@ class RateLimiter:
         self._sweep_interval_ns = round(sweep_interval * 1e9)
         self._next_sweep = self._now() + self._sweep_interval_ns
 
-    def take(self, key: str, per_minute: int) -> float:
+    def take(self, key: str, per_minute: float) -> float:
         """0.0 if a request for `key` is allowed now (and charge it); else the seconds to wait.
 
         A refused request is not charged, so a client that waits the returned time gets through.
+        `per_minute` may be fractional (a process's share of an allowance); below one a minute,
+        the burst is one request.
         """
-        if per_minute < 1:
-            raise ValueError("per_minute must be at least 1")
+        if per_minute <= 0:
+            raise ValueError("per_minute must be positive")
         now = self._now()
         if now >= self._next_sweep:
             self._sweep(now)
-        interval = _WINDOW_NS // per_minute
+        interval = round(_WINDOW_NS / per_minute)
         tat = max(self._tat.get(key, now), now)
-        wait = tat + interval - _WINDOW_NS - now
+        wait = tat - now - max(_WINDOW_NS - interval, 0)
         if wait > _SLACK_NS:
             return wait / 1e9
         self._tat[key] = tat + interval

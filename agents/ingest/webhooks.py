@@ -2,8 +2,10 @@
 
 Checks, in this order: unknown pipeline 404; body over the limit 413 (unread); bad or
 missing signature 401; pipeline not realtime or not active 400; invalid JSON 400 naming the
-position; a Standard Webhooks id seen within the dedup window 202 `duplicate` (not written
-again); over the rate limit 429 with Retry-After (charged only here, after a valid signature);
+position; a Standard Webhooks id this process saw within the dedup window 202 `duplicate` (not
+written again; a copy another web process received is written, and the map role skips it: see
+`streams.mapping.dedup`); over this process's share of the rate limit 429 with Retry-After
+(charged only here, after a valid signature; shares: `dashpipe.members`);
 Kafka not acking in time 503 with Retry-After; else 202, answered after Kafka acknowledged.
 """
 
@@ -25,6 +27,7 @@ from agents.ingest.ratelimit import RateLimiter
 from dashpipe import jsonio
 from dashpipe.batcher import BatchSender
 from dashpipe.http import error, json_response
+from dashpipe.members import Members
 from dashpipe.metrics import Labels, Metrics, labels_key
 from dashpipe.registry import Registry
 from dashpipe.settings import WebhookSettings
@@ -43,6 +46,8 @@ class Receiver:
     metrics: Metrics
     seen: SeenIds
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    # the other web processes: this one admits its share of each allowance (None: all of it)
+    members: Members | None = None
     # ingest ids: 16 random hex digits per process, then a counter (unique, and cheaper per
     # request than 16 fresh random bytes)
     ids: str = field(default_factory=lambda: os.urandom(8).hex())
@@ -82,16 +87,24 @@ class Receiver:
         dedup_key = f"{pid}/{verified.webhook_id}" if verified.webhook_id else None
         if dedup_key and not self.seen.first(dedup_key):
             return json_response({"status": "duplicate", "pipeline_id": pid}, 202)
-        wait = self.limiter.take(pid, pipeline.rate_limit_per_minute)
+        allowance: float = pipeline.rate_limit_per_minute
+        if self.members is not None:
+            self.members.count(pid)
+            allowance *= self.members.share(pid)
+        wait = self.limiter.take(pid, allowance)
         if wait > 0:
             if dedup_key:
                 self.seen.forget(dedup_key)
+            # when the pipeline, not this process, admits again: a sender's retry may land
+            # on another process, and this one's share grows with its load
+            wait = min(wait, 60 / pipeline.rate_limit_per_minute)
             return self._reject(pid, 429, "rate limit exceeded",
                                 {"Retry-After": str(max(1, math.ceil(wait)))})
         ingest_id = verified.webhook_id or f"{self.ids}{next(self.counter):016x}"
         received_ms = int(now * 1000)
         headers = raw_headers(pid, pipeline.team_id, "webhook", received_ms, ingest_id,
-                              request.headers.get("Content-Type") or "application/json")
+                              request.headers.get("Content-Type") or "application/json",
+                              dedup_id=verified.webhook_id)
         try:
             await self.sender.send(pid.encode(), body, headers, received_ms)
         except (TimeoutError, KafkaError) as exc:

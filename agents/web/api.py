@@ -21,7 +21,7 @@ from dashpipe.errors import Unavailable
 from dashpipe.http import error, json_response
 from dashpipe.pipelines import Conflict, Invalid, NotFound, PipelineService
 from dashpipe.runtime import ProcessService
-from dashpipe.settings import ApiSettings
+from dashpipe.settings import ADMIN, ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,14 @@ def session_team(settings: ApiSettings, value: str, now: float) -> str | None:
             mac, _mac(settings, f"{team_part}.{expiry}")):
         return None
     try:
-        return base64.urlsafe_b64decode(team_part + "=" * (-len(team_part) % 4)).decode()
+        team = base64.urlsafe_b64decode(team_part + "=" * (-len(team_part) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
         return None
+    return None if team == ADMIN and settings.admin_token is None else team
 
 
 def _mac(settings: ApiSettings, payload: str) -> str:
-    key = settings.session_secret.get_secret_value().encode()
-    return hmac.digest(key, payload.encode(), "sha256").hex()
+    return hmac.digest(settings.session_key(), payload.encode(), "sha256").hex()
 
 
 def caller(request: web.Request) -> str | None:

@@ -17,6 +17,7 @@ from agents.web.push import Hub
 from agents.web.replays import Replays
 from dashpipe import http, kafka
 from dashpipe.batcher import BatchSender
+from dashpipe.members import Members
 from dashpipe.runtime import Runtime
 from streams.deadletters.counts import DeadLetterCounts
 
@@ -46,12 +47,12 @@ def fast_webhooks(runner: web.AppRunner, fast: Fast, pipelines: Mapping[str, obj
     server.request_handler = dispatch
 
 
-def make_app(rt: Runtime, sender: BatchSender, board: Dashboard
+def make_app(rt: Runtime, sender: BatchSender, board: Dashboard, members: Members | None = None
              ) -> tuple[web.Application, Receiver]:
     max_body = rt.settings.webhook.max_body_bytes
     app = web.Application(client_max_size=max_body)
     receiver = Receiver(rt.registry, sender, rt.settings.webhook, rt.metrics,
-                        SeenIds(ttl=rt.settings.webhook.dedup_seconds))
+                        SeenIds(ttl=rt.settings.webhook.dedup_seconds), members=members)
     app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
     app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body,
                                          board.routes() + Replays(rt).routes()))
@@ -93,10 +94,13 @@ async def run_web(rt: Runtime) -> None:
     pool, storage = await open_database(rt)
     board = Dashboard(rt, hub, pool, storage)
     rt.roles["web"] = board
+    members = Members(producer, rt.bootstrap, rt.settings.kafka, rt.names.members, "web")
     background = [asyncio.create_task(counts.run(), name="dead-letter counts"),
-                  asyncio.create_task(hub.run(), name="live rows")]
+                  asyncio.create_task(hub.run(), name="live rows"),
+                  asyncio.create_task(members.run(), name="web members")]
     await asyncio.wait_for(hub.ready.wait(), 60)
-    app, receiver = make_app(rt, sender, board)
+    await asyncio.wait_for(members.ready.wait(), 60)  # shares known before the first request
+    app, receiver = make_app(rt, sender, board, members)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     fast_webhooks(runner, receiver.receive, rt.registry.pipelines)

@@ -13,6 +13,7 @@ Nothing stalls a partition: anything wrong with a record is data for the dead-le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from dashpipe import kafka
 from dashpipe.batcher import Record, partition_for, send_records
@@ -29,6 +30,7 @@ from schemas.headers import Header, header
 from schemas.pipeline import Pipeline, PipelineSource
 from schemas.records import SCHEMA_VERSION, dead_letter, raw_headers
 from streams.mapping.compiler import Compiled, Mapped, RowError, compile_mapping
+from streams.mapping.dedup import Dedup
 
 if TYPE_CHECKING:
     from dashpipe.runtime import Runtime
@@ -82,6 +84,8 @@ class Mapper:
     pinned: dict[str, _Compiled] = field(default_factory=dict)  # a candidate mapping (replay)
     _mapped: dict[str, int] = field(default_factory=dict)  # rows per pipeline, this batch
     _filtered: dict[str, int] = field(default_factory=dict)
+    _repeats: dict[str, int] = field(default_factory=dict)
+    dedup: Dedup | None = None  # skips repeated dedup ids (None: maps every record)
 
     def __post_init__(self) -> None:
         self.rt.registry.on_change(self._changed)
@@ -133,6 +137,9 @@ class Mapper:
     def map_record(self, partition: int, record: Any, out: Out) -> None:
         headers = dict(record.headers)
         pid = headers.get(Header.PIPELINE_ID, b"").decode()
+        if self.dedup is not None and self.dedup.repeat(partition, record):
+            self._repeats[pid] = self._repeats.get(pid, 0) + 1
+            return
         p = self.rt.registry.pipelines.get(pid)
         if p is None:
             self._skip(pid or "(no pipeline id header)")
@@ -171,7 +178,8 @@ class Mapper:
 
     def flush_counts(self) -> None:
         for name, counts in (("dashpipe_mapped_total", self._mapped),
-                             ("dashpipe_filtered_total", self._filtered)):
+                             ("dashpipe_filtered_total", self._filtered),
+                             ("dashpipe_map_repeats_total", self._repeats)):
             for pid, n in counts.items():
                 self.rt.metrics.inc(name, n, pipeline_id=pid)
             counts.clear()
@@ -185,7 +193,7 @@ class Mapper:
             key = child.id.encode()
             out[(raw, partition_for(key, parts))].append(
                 (key, value, raw_headers(child.id, child.team_id, "pipeline", record.timestamp,
-                                         ingest_id), record.timestamp))
+                                         ingest_id, dedup_id=ingest_id), record.timestamp))
 
     def _dead(self, p: Pipeline, c: _Compiled, partition: int, offset: int, error: RowError,
               out: Out) -> None:
@@ -209,17 +217,44 @@ def _text(value: bytes | None) -> str:
     return data.decode("utf-8", "replace")
 
 
+class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Keeps the dedup windows to the raw partitions this process owns: before partitions
+    move, the batch in flight is committed (so the window ends where the committed offset
+    does); a partition this process did not hold up to its committed offset is warmed from
+    the log."""
+
+    def __init__(self, rt: Runtime, consumer: Any, dedup: Dedup) -> None:
+        self.rt, self.consumer, self.dedup = rt, consumer, dedup
+        self.pending: asyncio.Task[None] | None = None  # the last batch's write and commit
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self.pending is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pending), REVOKE_WAIT_SECONDS)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.dedup.keep({tp.partition for tp in assigned})
+        for tp in assigned:
+            committed = await self.consumer.committed(tp)
+            if not self.dedup.continues(tp.partition, committed):
+                await self.dedup.warm(self.rt.bootstrap, self.rt.settings.kafka, tp, committed)
+
+
+REVOKE_WAIT_SECONDS = 10.0
+
+
 async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
     names = rt.names
-    consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, names.raw,
-                              group_id=rt.group("map"))
+    consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("map"))
+    dedup = Dedup(rt.settings.webhook.dedup_seconds)
+    owner = _Owner(rt, consumer, dedup)
+    consumer.subscribe([names.raw], listener=owner)
     producer = rt.producer
     async with kafka.started(consumer):
         counts = await kafka.partition_counts(producer, names.raw, names.transformed,
                                               names.dlq)
-        mapper = Mapper(rt, counts)
+        mapper = Mapper(rt, counts, dedup=dedup)
         rt.roles["map"] = mapper
-        pending: asyncio.Task[None] | None = None  # the previous batch's write and commit
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
@@ -228,15 +263,15 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
                 if any(_unknown(rt, r) for recs in batch.values() for r in recs):
                     await rt.registry.sync()  # a pipeline created a moment ago: read it first
                 out = mapper.map_batch(batch)  # while the previous batch is being acknowledged
-                if pending is not None:
-                    await pending
+                if owner.pending is not None:
+                    await owner.pending
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
-                pending = asyncio.create_task(_write_and_commit(producer, consumer, out,
-                                                                offsets))
+                owner.pending = asyncio.create_task(_write_and_commit(producer, consumer, out,
+                                                                      offsets))
         finally:
-            if pending is not None:
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
+            if owner.pending is not None:
+                owner.pending.cancel()
+                await asyncio.gather(owner.pending, return_exceptions=True)
 
 
 async def _write_and_commit(producer: Any, consumer: Any, out: Out,

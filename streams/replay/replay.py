@@ -29,6 +29,7 @@ from dashpipe.runtime import Runtime
 from schemas.headers import Header, header
 from schemas.mapping import Mapping
 from schemas.pipeline import Pipeline
+from streams.mapping.dedup import Dedup
 from streams.mapping.mapper import Mapper, Out
 from streams.replay.status import Progress, ReplayError, ReplayStatus
 from streams.replay.workers import CHUNK, Workers
@@ -109,6 +110,9 @@ async def _replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
         await pool.run(rt, p, tp, status, hi, partitions, chunk,
                        lambda position: _save(point, position), progress)
         return _finish(status, point, progress)
+    # the live mapper skipped a sender's repeats: so does the replay, from the same window
+    mapper.dedup = Dedup(rt.settings.webhook.dedup_seconds)
+    await mapper.dedup.warm(rt.bootstrap, rt.settings.kafka, tp, status.position)
     new_rows: dict[Lineage, dict[str, Any]] = {}
     new_dead: set[Lineage] = set()
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=None)

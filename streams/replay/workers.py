@@ -37,6 +37,7 @@ from dashpipe.batcher import send_records
 from dashpipe.metrics import Metrics
 from dashpipe.topics import TopicNames
 from schemas.pipeline import Pipeline
+from streams.mapping.dedup import Dedup
 from streams.mapping.mapper import Mapper, Out
 from streams.replay.status import Progress, ReplayError, ReplayStatus
 
@@ -177,6 +178,9 @@ async def _work() -> None:
         while line := await stdin.readline():
             msg = orjson.loads(line)
             if "map" in msg:
+                # the live mapper skipped a sender's repeats: so does the chunk
+                mapper.dedup = Dedup(settings.webhook.dedup_seconds)
+                await mapper.dedup.warm(bootstrap, settings.kafka, tp, msg["lo"])
                 out, records = await _map_chunk(consumer, mapper, tp, p, msg["lo"], msg["hi"])
                 held[msg["map"]] = out
                 rows = sum(len(v) for (t, _), v in out.items() if t == names.transformed)

@@ -98,3 +98,16 @@ def test_sweep_forgets_idle_keys_occasionally() -> None:
 def test_per_minute_must_be_positive() -> None:
     with pytest.raises(ValueError):
         RateLimiter(FakeClock()).take("p", 0)
+
+
+def test_a_fractional_share_keeps_its_rate_and_bursts_at_least_one() -> None:
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    admitted = 0
+    for step in range(600):  # 10 minutes, a request every second, at 2.5 a minute
+        now[0] = float(step)
+        admitted += limiter.take("p", 2.5) == 0.0
+    assert 2.5 * 10 <= admitted <= 2.5 * 10 + 3  # the rate, plus the burst of 2.5
+    slow = RateLimiter(clock=lambda: now[0])
+    assert slow.take("q", 0.5) == 0.0  # below one a minute: one now...
+    assert slow.take("q", 0.5) == pytest.approx(120.0)  # ...the next after its interval
