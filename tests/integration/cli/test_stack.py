@@ -1,5 +1,7 @@
 """`dashpipe up | down | status` and `dashpipe run` as a user runs them, in a state folder of
-their own (a second broker and cluster beside the session's)."""
+their own (a second broker and cluster beside the session's). The helpers that start a stack of
+its own and find a partition's leader are shared with tests/integration/platform/
+test_broker_failover.py."""
 
 import os
 import signal
@@ -21,7 +23,9 @@ from dashpipe.settings import Settings
 ENV_KEYS = ("DASHPIPE_KAFKA_BOOTSTRAP_SERVERS", "DASHPIPE_DATABASE_URL")
 
 
-def _env(**extra: str) -> dict[str, str]:
+def own_env(**extra: str) -> dict[str, str]:
+    """The environment of a `dashpipe` command on a stack of its own: this one's, less the
+    session's broker and database, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
     env.update(extra)
     return env
@@ -35,12 +39,12 @@ def dashpipe(*args: str, env: dict[str, str],
 
 @pytest.fixture
 def own_stack(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = _env(DASHPIPE_STATE_DIR=str(tmp_path / "state"))
+    env = own_env(DASHPIPE_STATE_DIR=str(tmp_path / "state"))
     yield env
     dashpipe("down", "--purge", env=env)
 
 
-def _exports(env: dict[str, str]) -> dict[str, str]:
+def exports(env: dict[str, str]) -> dict[str, str]:
     done = dashpipe("status", "--env", env=env)
     assert done.returncode == 0, done.stderr
     pairs = [line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines()]
@@ -52,7 +56,7 @@ async def test_down_then_up_keeps_the_log_and_the_tables(own_stack: dict[str, st
     first = dashpipe("up", env=env)
     assert first.returncode == 0, first.stderr
     assert dashpipe("up", env=env).returncode == 0  # idempotent
-    ex = _exports(env)
+    ex = exports(env)
     bootstrap, url = ex["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"], ex["DASHPIPE_DATABASE_URL"]
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -69,7 +73,7 @@ async def test_down_then_up_keeps_the_log_and_the_tables(own_stack: dict[str, st
     assert status.returncode == 1 and status.stdout.count("stopped") == 2
 
     assert dashpipe("up", env=env).returncode == 0
-    ex = _exports(env)
+    ex = exports(env)
     consumer = AIOKafkaConsumer("outside.topic",
                                 bootstrap_servers=ex["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"],
                                 auto_offset_reset="earliest", group_id=None)
@@ -89,7 +93,7 @@ async def test_down_then_up_keeps_the_log_and_the_tables(own_stack: dict[str, st
 
 
 def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
-    env = _env(DASHPIPE_STATE_DIR=str(tmp_path), PATH="/nonexistent")
+    env = own_env(DASHPIPE_STATE_DIR=str(tmp_path), PATH="/nonexistent")
     done = dashpipe("up", env=env, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("dashpipe: error: java not found: install")
@@ -98,7 +102,7 @@ def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_run_starts_a_role_and_stops_on_sigterm(settings: Settings, services: Endpoints,
                                                 tmp_path: Path) -> None:
-    env = _env(DASHPIPE_KAFKA_BOOTSTRAP_SERVERS=services.bootstrap_servers,
+    env = own_env(DASHPIPE_KAFKA_BOOTSTRAP_SERVERS=services.bootstrap_servers,
                DASHPIPE_DATABASE_URL=services.database_url.get_secret_value(),
                DASHPIPE_TOPIC_PREFIX=settings.topics.prefix,
                DASHPIPE_KAFKA_GROUP_PREFIX=settings.kafka.group_prefix,
@@ -120,10 +124,12 @@ def test_run_starts_a_role_and_stops_on_sigterm(settings: Settings, services: En
     assert "Traceback" not in log.read_text()
 
 
-def _leader_pid(state: Path, admin_meta: Any, topic: str) -> tuple[int, int]:
-    """(node id, pid) of the leader of partition 0 of `topic`."""
+def leader_pid(state: Path, admin_meta: Any, topic: str, partition: int = 0
+               ) -> tuple[int, int]:
+    """(node id, pid) of the leader of `partition` of `topic` in `admin_meta` (what
+    `describe_topics` answered), in the stack under `state`."""
     leader = next(p["leader"] for t in admin_meta if t["topic"] == topic
-                  for p in t["partitions"] if p["partition"] == 0)
+                  for p in t["partitions"] if p["partition"] == partition)
     return leader, int((state / "kafka" / f"node-{leader}" / "pid").read_text())
 
 
@@ -147,14 +153,14 @@ async def test_three_brokers_keep_acknowledged_writes_when_the_leader_dies(
     from aiokafka.admin import AIOKafkaAdminClient
 
     state = tmp_path / "state"
-    env = _env(DASHPIPE_STATE_DIR=str(state),
+    env = own_env(DASHPIPE_STATE_DIR=str(state),
                DASHPIPE_DATABASE_URL=services.database_url.get_secret_value())
     try:
         up = dashpipe("up", "--brokers", "3", env=env)
         assert up.returncode == 0, up.stderr + up.stdout
         assert [line.split()[0] for line in up.stdout.splitlines()[:3]] == [
             "kafka-1", "kafka-2", "kafka-3"]
-        bootstrap = _exports(env)["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"]
+        bootstrap = exports(env)["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"]
         assert len(bootstrap.split(",")) == 3
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
@@ -170,7 +176,7 @@ async def test_three_brokers_keep_acknowledged_writes_when_the_leader_dies(
             try:
                 for i in range(50):
                     await producer.send_and_wait("dashpipe.raw", b"before-%d" % i, partition=0)
-                node, pid = _leader_pid(state, meta, "dashpipe.raw")
+                node, pid = leader_pid(state, meta, "dashpipe.raw")
                 os.kill(pid, signal.SIGKILL)  # the leader of partition 0, mid-stream
                 for i in range(50):
                     await producer.send_and_wait("dashpipe.raw", b"after-%d" % i, partition=0)
@@ -186,7 +192,7 @@ async def test_three_brokers_keep_acknowledged_writes_when_the_leader_dies(
         assert f"kafka-{node}" in again.stdout and "stopped" not in again.stdout
         assert dashpipe("down", env=env).returncode == 0
         assert dashpipe("up", env=env).returncode == 0  # the log survives down and up
-        bootstrap = _exports(env)["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"]
+        bootstrap = exports(env)["DASHPIPE_KAFKA_BOOTSTRAP_SERVERS"]
         assert len(await _read_all(bootstrap, "dashpipe.raw", 100)) == 100
     finally:
         dashpipe("down", "--purge", env=env)
