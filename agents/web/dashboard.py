@@ -4,6 +4,7 @@ history, and the page at `/`. Every route is team-scoped through `api.guarded`."
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from agents.web import api, history, push
 from dashpipe import db, http
+from dashpipe.errors import Unavailable
 from dashpipe.runtime import Runtime
 from schemas.pipeline import Pipeline
 
@@ -35,7 +37,7 @@ class Dashboard:
             return "no database (DASHPIPE_DATABASE_URL unset or unreachable at start)"
         ds = self.rt.settings.database
         try:
-            async with self.pool.acquire(timeout=ds.acquire_timeout_seconds) as conn:
+            async with self.pool.acquire(timeout=ds.api_acquire_timeout_seconds) as conn:
                 return await db.describe(conn, ds.schema_name)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             return f"unavailable ({type(exc).__name__})"
@@ -77,10 +79,16 @@ class Dashboard:
             return http.error(400, str(exc))
         ds = self.rt.settings.database
         try:
-            points, source = await history.series(self.pool, self.storage, p.id, q,
-                                                  ds.acquire_timeout_seconds, ds.schema_name)
+            points, source = await history.series(
+                self.pool, self.storage, p.id, q, ds.api_acquire_timeout_seconds,
+                ds.schema_name, statement_timeout=ds.api_statement_timeout_seconds)
         except asyncpg.UndefinedTableError:
             points, source = [], "rows"  # nothing persisted yet
+        except Unavailable as exc:  # pool exhausted, or the query past its deadline
+            self.rt.metrics.inc("dashpipe_failed_total", pipeline_id=p.id, stage="data",
+                                code="503")
+            return http.error(503, str(exc),
+                              {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("data query for %s failed: %s", p.id, type(exc).__name__)
             return http.error(503, "the database is unavailable, retry later",
@@ -99,12 +107,14 @@ async def page(request: web.Request) -> web.FileResponse:
 
 async def open_database(rt: Runtime) -> tuple[asyncpg.Pool | None, db.Storage]:
     """The read pool of the data API, or None when no database is configured or reachable
-    (the API then answers 503; the rest of the web role works)."""
+    (the API then answers 503; the rest of the web role works). Its statements have the data
+    API's deadline (`api_statement_timeout_seconds`), not the writers' longer one."""
     ds = rt.settings.database
     if ds.url is None:
         return None, db.Storage()
     try:
-        pool = await db.create_pool(ds)
+        pool = await db.create_pool(ds.model_copy(
+            update={"statement_timeout_seconds": ds.api_statement_timeout_seconds}))
         async with pool.acquire(timeout=ds.acquire_timeout_seconds) as conn:
             found = await db.storage(conn, ds.schema_name)
         return pool, found

@@ -12,6 +12,7 @@ naming the parameter.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ import asyncpg
 import orjson
 
 from dashpipe import db, rollups
+from dashpipe.errors import Unavailable
 from schemas.mapping import FIELD_NAME
 from schemas.pipeline import Pipeline
 
@@ -30,6 +32,8 @@ MAX_RANGE = timedelta(days=366)
 MAX_POINTS = 10_000
 MAX_FIELDS = 20
 ORIGIN = "2000-01-03T00:00:00Z"  # time_bucket's default origin, a Monday
+
+log = logging.getLogger(__name__)
 
 
 class BadQuery(ValueError):
@@ -128,23 +132,45 @@ def rollup_sql(q: Query, storage: db.Storage, r: rollups.Rollup, schema: str) ->
             ") AS parts GROUP BY 1 ORDER BY 1")
 
 
+BUSY_RETRY_SECONDS = 1.0  # a free connection is usually a query's time away
+SLOW_RETRY_SECONDS = 5.0  # the same query is likely as slow again: no quick retry
+
+
 async def series(pool: asyncpg.Pool, storage: db.Storage, pipeline_id: str, q: Query,
-                 acquire_timeout: float, schema: str = "public", use_rollups: bool = True
-                 ) -> tuple[list[dict[str, Any]], str]:
-    """The points, and where they came from: `rollup` or `rows`."""
-    async with pool.acquire(timeout=acquire_timeout) as conn:
+                 acquire_timeout: float, schema: str = "public", use_rollups: bool = True,
+                 statement_timeout: float | None = None) -> tuple[list[dict[str, Any]], str]:
+    """The points, and where they came from: `rollup` or `rows`.
+
+    Raises `Unavailable` (with the seconds to wait before a retry) when no connection of the
+    pool is free within `acquire_timeout`, or when a statement runs past
+    `statement_timeout` (None: the pool's `command_timeout`; asyncpg then cancels it on the
+    server), so a reader past either deadline is answered, never left waiting."""
+    try:
+        conn = await pool.acquire(timeout=acquire_timeout)
+    except TimeoutError:
+        raise Unavailable(f"the database is busy: no connection free within "
+                          f"{acquire_timeout:g} s; retry later", BUSY_RETRY_SECONDS) from None
+    try:
         rollup = await rollups.find(conn, pipeline_id) if use_rollups and storage.timescaledb \
             and q.agg in rollups.AGGREGATES and q.bucket % rollups.BUCKET == timedelta(0) \
             else None
         if rollup is not None and set(q.fields) <= set(rollup.fields):
             records = await conn.fetch(rollup_sql(q, storage, rollup, schema), pipeline_id,
                                        q.start, q.end, q.bucket, rollups.ceil(q.start),
-                                       rollups.floor(q.end), *q.fields)
+                                       rollups.floor(q.end), *q.fields,
+                                       timeout=statement_timeout)
             source = "rollup"
         else:
             records = await conn.fetch(sql(q, storage), pipeline_id, q.start, q.end, q.bucket,
-                                       *q.fields)
+                                       *q.fields, timeout=statement_timeout)
             source = "rows"
+    except TimeoutError:
+        conn.terminate()  # rather than wait for the server to confirm the cancel
+        limit = f" of {statement_timeout:g} s" if statement_timeout else ""
+        raise Unavailable(f"the query ran past its deadline{limit}; a shorter range or a wider "
+                          "bucket reads less", SLOW_RETRY_SECONDS) from None
+    finally:
+        await _give_back(pool, conn, statement_timeout or acquire_timeout)
     points = []
     for r in records:
         point: dict[str, Any] = {"time": r[0]}
@@ -153,6 +179,16 @@ async def series(pool: asyncpg.Pool, storage: db.Storage, pipeline_id: str, q: Q
             point[name] = _json(value) if q.agg == "last" else value
         points.append(point)
     return points, source
+
+
+async def _give_back(pool: asyncpg.Pool, conn: Any, timeout: float) -> None:
+    """Return a connection to the pool. One whose reset fails or times out is closed by asyncpg
+    instead (the next acquire opens a new one): the reader has its answer already and need
+    neither wait for that nor hear of it."""
+    try:
+        await pool.release(conn, timeout=timeout)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.info("a data API connection was closed, not reused (%s)", type(exc).__name__)
 
 
 def _json(value: Any) -> Any:
