@@ -7,8 +7,8 @@ pipeline's records lands in one raw partition (key = pipeline id), read in one o
 map process that owns it. The decision is a function of the log alone: a record is a repeat
 when an earlier record of its partition has the same key and a timestamp at most `window`
 older. So a mapper that takes a partition over (a restart, a rebalance) decides exactly as the
-previous owner did once it has read the window before its committed offset again (`warm`): the
-raw topic is this state's changelog, and no other topic is written.
+previous owner did once it has read the window before the offset it starts from again
+(`warm`): the raw topic is this state's changelog, and no other topic is written.
 
 Timestamps are the web process's receive time (CreateTime). `skew` is how far the clocks of the
 web processes may disagree: a first sighting is kept until the newest timestamp is `window +
@@ -96,10 +96,13 @@ class Dedup:
             window = self.windows[partition] = Window(self.window_ms)
         return window.repeat(key, record.timestamp)
 
-    def continues(self, partition: int, committed: int | None) -> bool:
-        """Whether this window was fed exactly up to `committed`: then it is the state at that
-        offset already, and needs no warming."""
-        return self.next.get(partition, 0) == (committed or 0)
+    def continues(self, partition: int, offset: int) -> bool:
+        """Whether this window is the state right before `offset`: it was fed the records up
+        to there. Offsets it skipped are transaction markers or aborted records, which a
+        read-committed consumer never sees; an offset before the window's end (a reset after a
+        rebalance) or a partition it has not read (taken over) needs `warm`."""
+        end = self.next.get(partition)
+        return offset == 0 if end is None else offset >= end
 
     def keep(self, partitions: set[int]) -> None:
         """Forget the windows of every other partition."""

@@ -218,13 +218,11 @@ def _text(value: bytes | None) -> str:
 
 
 class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Keeps the dedup windows to the raw partitions this process owns: before partitions
-    move, the batch in flight is committed (so the window ends where the committed offset
-    does); a partition this process did not hold up to its committed offset is warmed from
-    the log."""
+    """Before partitions move, lets the batch in flight commit (so the next owner starts where
+    this one stopped); after, forgets the dedup windows of partitions gone elsewhere."""
 
-    def __init__(self, rt: Runtime, consumer: Any, dedup: Dedup) -> None:
-        self.rt, self.consumer, self.dedup = rt, consumer, dedup
+    def __init__(self, dedup: Dedup) -> None:
+        self.dedup = dedup
         self.pending: asyncio.Task[None] | None = None  # the last batch's write and commit
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -234,10 +232,6 @@ class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.dedup.keep({tp.partition for tp in assigned})
-        for tp in assigned:
-            committed = await self.consumer.committed(tp)
-            if not self.dedup.continues(tp.partition, committed):
-                await self.dedup.warm(self.rt.bootstrap, self.rt.settings.kafka, tp, committed)
 
 
 REVOKE_WAIT_SECONDS = 10.0
@@ -247,7 +241,7 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
     names = rt.names
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("map"))
     dedup = Dedup(rt.settings.webhook.dedup_seconds)
-    owner = _Owner(rt, consumer, dedup)
+    owner = _Owner(dedup)
     consumer.subscribe([names.raw], listener=owner)
     producer = rt.producer
     async with kafka.started(consumer):
@@ -262,6 +256,9 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
                     continue
                 if any(_unknown(rt, r) for recs in batch.values() for r in recs):
                     await rt.registry.sync()  # a pipeline created a moment ago: read it first
+                for tp, records in batch.items():  # taken over, or reset by a rebalance
+                    if not dedup.continues(tp.partition, records[0].offset):
+                        await dedup.warm(rt.bootstrap, rt.settings.kafka, tp, records[0].offset)
                 out = mapper.map_batch(batch)  # while the previous batch is being acknowledged
                 if owner.pending is not None:
                     await owner.pending
