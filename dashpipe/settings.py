@@ -92,6 +92,11 @@ class WebSettings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, lt=65536, description="a process without the web role serves "
         "/metrics and /healthz here (unset: it serves nothing)")
+    webhooks_in_flight: int = Field(
+        default=256, ge=1, description="webhook requests this process takes at once (read, "
+        "checked, awaiting Kafka's ack); past it 503 with Retry-After, before the body is read")
+    webhooks_retry_after_seconds: int = Field(default=1, ge=1, description="the Retry-After "
+                                              "of a webhook refused at that limit")
 
 
 class ApiSettings(BaseSettings):

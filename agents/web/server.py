@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from agents.ingest.admission import Admission
 from agents.ingest.dedup import SeenIds
 from agents.ingest.webhooks import Receiver
 from agents.web import api
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 Fast = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+ADMISSION = web.AppKey("admission", Admission)  # the cap on webhooks in flight
 
 
 def fast_webhooks(runner: web.AppRunner, fast: Fast, pipelines: Mapping[str, object]) -> None:
@@ -53,7 +55,10 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard, members: Member
     app = web.Application(client_max_size=max_body)
     receiver = Receiver(rt.registry, sender, rt.settings.webhook, rt.metrics,
                         SeenIds(ttl=rt.settings.webhook.dedup_seconds), members=members)
-    app.router.add_post("/webhooks/{pipeline_id}", receiver.handle)
+    admission = app[ADMISSION] = Admission(rt.settings.web.webhooks_in_flight,
+                                           rt.settings.web.webhooks_retry_after_seconds,
+                                           rt.metrics)  # one count for both webhook paths
+    app.router.add_post("/webhooks/{pipeline_id}", admission.guard(receiver.handle))
     app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body,
                                          board.routes() + Replays(rt).routes()))
     app.router.add_get("/", page)
@@ -103,7 +108,7 @@ async def run_web(rt: Runtime) -> None:
     app, receiver = make_app(rt, sender, board, members)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    fast_webhooks(runner, receiver.receive, rt.registry.pipelines)
+    fast_webhooks(runner, app[ADMISSION].guard(receiver.receive), rt.registry.pipelines)
     site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)
     await site.start()
     port = runner.addresses[0][1]
