@@ -108,6 +108,19 @@ async def until_acknowledged(send: Callable[[], Awaitable[Any]], what: str) -> N
             delay = min(delay * 2, 30.0)
 
 
+async def consumed(consumer: Any, batch: Mapping[TopicPartition, list[Any]]
+                   ) -> dict[TopicPartition, int]:
+    """The offsets to commit once `batch` (a `getmany` result) is done: past its last record,
+    and past the transaction markers after it (which no record shows), so a read-committed
+    group's lag comes back to 0."""
+    assigned = consumer.assignment()
+    out = {}
+    for tp, records in batch.items():
+        end = records[-1].offset + 1
+        out[tp] = max(end, await consumer.position(tp)) if tp in assigned else end
+    return out
+
+
 async def commit_assigned(consumer: Any, offsets: Mapping[TopicPartition, int], what: str
                           ) -> None:
     """Commit the offsets of the partitions the consumer still owns. A rebalance meanwhile

@@ -69,7 +69,13 @@ class Registry:
                     self._apply(tp.topic, record.key, record.value)
                 if records:
                     self._positions[tp] = records[-1].offset + 1
-            if batch:
+            moved = bool(batch)
+            for tp, at in self._positions.items():
+                # past what no record shows: the markers of transactions (the poller's)
+                position = await self._consumer.position(tp)
+                if position > at:
+                    self._positions[tp], moved = position, True
+            if moved:
                 async with self._moved:
                     self._moved.notify_all()
             if not self.ready.is_set() and all(
@@ -152,7 +158,13 @@ class RegistryWriter:
 
     async def put_status(self, status: PipelineStatus) -> None:
         """Write the status; the local view changes at once (the writer owns the pipeline)."""
+        value = self.own(status)
+        await self._write(self.registry.names.status, status.pipeline_id, value, wait=False)
+
+    def own(self, status: PipelineStatus) -> bytes:
+        """The status record's value, and the local view changed as if it were written: for a
+        caller that writes it itself (in a transaction) and has."""
         value = status.model_dump_json().encode()
         self.registry.status[status.pipeline_id] = status
         self.registry.own_status[status.pipeline_id] = value
-        await self._write(self.registry.names.status, status.pipeline_id, value, wait=False)
+        return value

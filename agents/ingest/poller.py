@@ -4,7 +4,9 @@ Ownership: the `poll` processes form the consumer group `<prefix>-poll` on the p
 topic; a process polls exactly the pipelines whose key falls in the partitions it is
 assigned, so any number of processes poll each pipeline once. On a rebalance the revoked
 pipelines' polls are cancelled before the partitions move. Schedule and cursor live in the
-status topic, so a restart neither polls early nor loses the cursor.
+status topic, so a restart neither polls early nor loses the cursor; a poll's pages and its
+status are one transaction, so an owner that was paused past its session and wakes up cannot
+add a page twice (`transactions`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerFenced
 from yarl import URL
 
 from agents.ingest.schedule import Policy, after_failure, after_success
 from agents.ingest.sources import SOURCES
 from agents.ingest.sources.base import FetchResult, SourceError
+from agents.ingest.transactions import Fenced, Transactions
 from dashpipe import kafka
 from dashpipe.batcher import partition_for
 from dashpipe.errors import ConfigError, DashpipeError
@@ -49,6 +52,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
         self.slots = asyncio.Semaphore(rt.settings.poll.concurrency)
         ps = rt.settings.poll
         self.policy = Policy(ps.retry_base_seconds, ps.retry_cap_seconds, ps.attempts_per_run)
+        self.txns = Transactions(rt.bootstrap, rt.settings.kafka, rt.group("poll"))
         rt.registry.on_change(self._changed)
 
     def _changed(self, pid: str, old: Pipeline | None, new: Pipeline | None) -> None:
@@ -58,16 +62,27 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         lost = {tp.partition for tp in revoked}
         self.owned -= lost
-        if not self.partitions:
-            return
-        tasks = [t for pid, t in self.running.items()
-                 if partition_of(pid, self.partitions) in lost]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.partitions:
+            tasks = [t for pid, t in self.running.items()
+                     if partition_of(pid, self.partitions) in lost]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for partition in lost:
+            await self.txns.close(partition)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.owned = {tp.partition for tp in assigned}
+        partitions = {tp.partition for tp in assigned}
+        for partition in set(self.txns.producers) - partitions:
+            await self.txns.close(partition)
+        for partition in sorted(partitions):
+            try:
+                await self.txns.open(partition)  # fences a previous owner first
+            except KafkaError as exc:  # polled by nobody until the group rebalances again
+                log.warning("poller cannot take partition %d of %s: %s", partition,
+                            self.rt.names.pipelines, type(exc).__name__)
+                partitions.discard(partition)
+        self.owned = partitions
         log.info("poller owns partitions %s of %s", sorted(self.owned),
                  self.rt.names.pipelines)
 
@@ -110,6 +125,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
                 await asyncio.gather(keepalive, *self.running.values(), return_exceptions=True)
         finally:
             await group.stop()
+            await self.txns.close_all()
 
     async def _stay_in_group(self, group: Any) -> None:
         while True:  # the records are not needed: the registry reads the topic
@@ -135,7 +151,14 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             result: FetchResult = await SOURCES[p.source_type].fetch(
                 p.source_config, old.cursor if old else None, rt.http)
-            await self._write_pages(p, result)
+            status = PipelineStatus(
+                pipeline_id=p.id, state="active", last_run_at=started, last_success_at=now(),
+                next_due_at=after_success(due, started, now(), interval), cursor=result.cursor,
+                updated_at=now())
+            await self._commit(p, result, status)
+        except (Fenced, ProducerFenced) as exc:  # polled by the partition's new owner
+            log.info("poll of %s dropped: %s", p.id, exc)
+            return
         except (SourceError, ConfigError, KafkaError, TimeoutError) as exc:
             message = str(exc) if isinstance(exc, DashpipeError) else \
                 f"Kafka unavailable: {type(exc).__name__}"
@@ -154,32 +177,35 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
                 cursor=old.cursor if old else None, consecutive_failures=failures,
                 attempts_in_run=attempts, run_started_at=run_started if attempts else None,
                 updated_at=now())
+            with contextlib.suppress(Fenced, KafkaError, TimeoutError):
+                await self._commit(p, None, status)
         else:
             rt.metrics.observe("dashpipe_poll_seconds", time.perf_counter() - clock,
                                pipeline_id=p.id)
             rt.metrics.inc("dashpipe_polled_total", len(result.pages), pipeline_id=p.id)
-            status = PipelineStatus(
-                pipeline_id=p.id, state="active", last_run_at=started, last_success_at=now(),
-                next_due_at=after_success(due, started, now(), interval), cursor=result.cursor,
-                updated_at=now())
-        if p.id in rt.registry.pipelines:  # not deleted meanwhile
-            with contextlib.suppress(KafkaError):
-                await rt.writer.put_status(status)
 
-    async def _write_pages(self, p: Pipeline, result: FetchResult) -> None:
+    async def _commit(self, p: Pipeline, result: FetchResult | None,
+                      status: PipelineStatus) -> None:
+        """The poll's pages and its status (the cursor) in one transaction of the partition
+        that owns the pipeline: both land, or neither (see `transactions`)."""
         rt = self.rt
-        producer = rt.producer
-        futures = []
-        for page in result.pages:
-            meta = RawMetadata(pipeline_id=p.id, team_id=p.team_id, source="poll",
-                               received_at=now(), ingest_id=uuid.uuid4().hex,
-                               content_type=page.content_type, url=_public_url(page.url),
-                               http_status=page.status)
-            futures.append(await producer.send(
-                rt.names.raw, page.body, key=p.id.encode(), headers=meta.to_headers(),
-                timestamp_ms=int(meta.received_at.timestamp() * 1000)))
-        await asyncio.wait_for(asyncio.gather(*futures), rt.settings.kafka.request_timeout_ms
-                               / 1000)
+        keep_status = p.id in rt.registry.pipelines  # not deleted meanwhile
+        value = status.model_dump_json().encode()
+        async with asyncio.timeout(rt.settings.kafka.request_timeout_ms / 1000), \
+                self.txns.transaction(partition_of(p.id, self.partitions)) as producer:
+            for page in result.pages if result else ():
+                received = now()
+                meta = RawMetadata(pipeline_id=p.id, team_id=p.team_id, source="poll",
+                                   received_at=received, ingest_id=uuid.uuid4().hex,
+                                   content_type=page.content_type, url=_public_url(page.url),
+                                   http_status=page.status)
+                await producer.send(rt.names.raw, page.body, key=p.id.encode(),
+                                    headers=meta.to_headers(),
+                                    timestamp_ms=int(received.timestamp() * 1000))
+            if keep_status:
+                await producer.send(rt.names.status, value, key=p.id.encode())
+        if keep_status:
+            rt.writer.own(status)
 
 
 def _due_at(p: Pipeline, st: PipelineStatus) -> datetime:

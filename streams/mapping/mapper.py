@@ -262,7 +262,7 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
                 out = mapper.map_batch(batch)  # while the previous batch is being acknowledged
                 if owner.pending is not None:
                     await owner.pending
-                offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+                offsets = await kafka.consumed(consumer, batch)
                 owner.pending = asyncio.create_task(_write_and_commit(producer, consumer, out,
                                                                       offsets))
         finally:

@@ -133,6 +133,8 @@ async def _replay(rt: Runtime, p: Pipeline, start: str, end: str | None,
                         continue
                     status.records += 1
                     mapper.map_record(tp.partition, record, out)
+                # past transaction markers too (a poll's), which no record shows
+                status.position = max(status.position, min(hi, await consumer.position(tp)))
                 mapper.flush_counts()
                 rows, dead = _count(rt, out)
                 status.rows += rows

@@ -207,6 +207,8 @@ async def _map_chunk(consumer: Any, mapper: Mapper, tp: TopicPartition, p: Pipel
             if record.key == key:
                 records += 1
                 mapper.map_record(tp.partition, record, out)
+        # past transaction markers too (a poll's), which no record shows
+        position = max(position, min(hi, await consumer.position(tp)))
         mapper.flush_counts()
     return out, records
 
