@@ -294,6 +294,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recovery", type=int, default=10, help="the 1x load after the 10x")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=700, help="JSON body bytes")
+    parser.add_argument("--in-flight", type=int, default=None, help="the web process's "
+                        "DASHPIPE_WEB_WEBHOOKS_IN_FLIGHT (default: its default); a large value "
+                        "measures the process without admission control")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 s phases")
     args = parser.parse_args(argv)
     if args.quick:
@@ -314,6 +317,8 @@ async def run(args: argparse.Namespace) -> None:
             base = f"http://127.0.0.1:{port}"
             env = child_env(servers, prefix, DASHPIPE_WEB_PORT=str(port),
                             DASHPIPE_ADMIN_TOKEN=token)
+            if args.in_flight is not None:
+                env["DASHPIPE_WEB_WEBHOOKS_IN_FLIGHT"] = str(args.in_flight)
             with child("web", dashpipe_command("run", "web"), env) as web:
                 await wait_http(f"{base}/healthz", web)
                 await create_pipelines(base, token)
@@ -389,6 +394,7 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], spy: Probe,
            peak_rss_mb_10x=round(ten.peak_rss_mb, 1),
            recovery_s=None if recovered is None else round(recovered, 2),
            connections_1x=one.connections, connections_10x=ten.connections,
+           in_flight=args.in_flight,
            seconds=args.seconds, quick=args.quick)
     print("overload: goal: 10x goodput >= 0.8 of the 1x rate, only 2xx/429/503 with "
           "Retry-After at 10x", flush=True)

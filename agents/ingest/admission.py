@@ -4,8 +4,11 @@ A webhook is answered only after Kafka acknowledged its record, so every request
 process takes holds its body and a task until then. Past the cap, a request is refused before
 its body is read, with a fast 503 and `Retry-After`: an overloaded process stays as fast as it
 is at its sustainable rate for the requests it takes, its memory stays bounded, and senders
-(which retry on 503) come back later instead of queueing here. The count is per process, as
-the load is: each web process sheds what it cannot take.
+(which retry on 503) come back later instead of queueing here. The refusal closes the
+connection: a sender that ignores `Retry-After` and asks again at once would otherwise spend
+the process's CPU on refusals (measured: bench/bench_overload.py), while a reconnect costs it
+a round trip first. The count is per process, as the load is: each web process sheds what it
+cannot take.
 """
 
 from __future__ import annotations
@@ -52,4 +55,6 @@ class Admission:
         self.refused += 1
         if self.metrics is not None:
             self.metrics.add("dashpipe_failed_total", self._label)
-        return error(503, MESSAGE, {"Retry-After": self.retry_after})
+        answer = error(503, MESSAGE, {"Retry-After": self.retry_after})
+        answer.force_close()  # a sender that ignores Retry-After pays a reconnect, not us
+        return answer

@@ -1,5 +1,6 @@
-"""The cap on webhooks in flight: past it a 503 with Retry-After and a JSON error, without
-calling the handler; a slot frees when a request ends, however it ends."""
+"""The cap on webhooks in flight: past it a 503 with Retry-After and a JSON error that closes
+the connection, without calling the handler; a slot frees when a request ends, however it
+ends."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ async def test_requests_past_the_limit_are_refused_until_one_ends() -> None:
     refused = await guarded(None, "p2")
     assert isinstance(refused, web.Response)
     assert refused.status == 503 and refused.headers["Retry-After"] == "3"
+    assert refused.keep_alive is False  # closed after the answer: a hammering sender reconnects
     assert refused.body is not None
     assert orjson.loads(refused.body) == {"error": MESSAGE}  # type: ignore[arg-type]
     assert calls == ["p0", "p1"] and admission.refused == 1
