@@ -175,8 +175,25 @@ async def db(settings: Settings, storage: Storage) -> AsyncIterator[asyncpg.Pool
         yield pool
     finally:
         await pool.close()
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await _drop_schema(admin, schema)
         await admin.close()
+
+
+async def _drop_schema(conn: asyncpg.Connection, schema: str) -> None:
+    """Drop a test's schema. TimescaleDB's background jobs (rollup refreshes, compression)
+    may touch its tables meanwhile: remove them first, and retry what still collides."""
+    if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+        await conn.execute(
+            "SELECT delete_job(job_id) FROM timescaledb_information.jobs "
+            "WHERE hypertable_schema = $1", schema)
+    for attempt in range(5):
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            return
+        except (asyncpg.InternalServerError, asyncpg.DeadlockDetectedError):
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5)  # a job's transaction in the way: retry after it
 
 
 @pytest.fixture

@@ -91,6 +91,7 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard, members: Member
 async def run_web(rt: Runtime) -> None:
     producer = rt.producer
     raw_partitions = len(await kafka.partitions(producer, rt.names.raw))
+    await kafka.partitions(producer, rt.names.members)  # missing: says `dashpipe topics create`
     sender = BatchSender(producer, rt.names.raw, raw_partitions,
                          timeout=rt.settings.webhook.ack_timeout_seconds)
     counts = DeadLetterCounts(rt.bootstrap, rt.settings.kafka, rt.names.dlq, rt.metrics)
