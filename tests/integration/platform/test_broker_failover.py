@@ -158,7 +158,7 @@ class FailoverRun:
             killed, submitted = time.monotonic(), self.submitted
             code, text = await dashpipe_async("up", env=self.env)  # restarts the dead node
             assert code == 0 and f"kafka-{node}" in text and "stopped" not in text, text
-            await wait_until(lambda: in_sync(self.admin), timeout=120,
+            await wait_until(lambda: in_sync(self.admin), timeout=180,
                              what=f"node {node} back in sync after kill {k + 1}")
             self.out.kills.append(Kill(node, submitted, round(killed - self.started, 1),
                                        round(time.monotonic() - killed, 1)))
@@ -207,7 +207,7 @@ async def test_acknowledged_writes_survive_the_leader_killed_three_times(
             await wait_until(lambda: in_sync(admin), timeout=60, what="a full cluster")
             partitions = len(await kafka.partitions(producer, TOPIC))
             run = FailoverRun(producer, admin, state, env, partitions)
-            await asyncio.wait_for(asyncio.gather(run.write(), run.kill()), 240)
+            await asyncio.wait_for(asyncio.gather(run.write(), run.kill()), 420)
         written = time.monotonic() - run.started
         found = await read_back(bootstrap, ks)
     finally:
