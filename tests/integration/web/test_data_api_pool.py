@@ -134,20 +134,6 @@ async def test_many_readers_get_answers_or_quick_503s_and_persist_keeps_writing(
     finally:
         writer.stop.set()
         await writing
-        await drop_jobs(db, settings.database.schema_name)
-
-
-async def drop_jobs(db: asyncpg.Pool, schema: str) -> None:
-    """TimescaleDB's jobs of the test's schema (the hypertable's compression policy, the
-    rollup's refresh), deleted (a running one stopped) before the schema is dropped: a job
-    running under `DROP SCHEMA` fails it with "tuple concurrently deleted"."""
-    ext = await db.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension "
-                            "WHERE extname = 'timescaledb'")
-    if ext is None:
-        return
-    for (job,) in await db.fetch("SELECT job_id FROM timescaledb_information.jobs "
-                                 "WHERE hypertable_schema = $1", schema):
-        await db.execute(f'SELECT "{ext.strip(chr(34))}".delete_job($1)', job)
 
 
 async def _more(db: asyncpg.Pool, than: int) -> bool:
