@@ -45,6 +45,7 @@ def test_chaos() -> None:
     for line in [*v.lines, v.final_line()]:
         out(line)
     report = "\n".join(lines)
+    assert not v.stuck, f"the system did not settle:\n{report}"
     assert not v.missing, f"acked webhooks not stored:\n{report}"
     assert v.duplicate_rows == 0, f"duplicate rows:\n{report}"
     assert not v.undelivered, f"acked webhooks not delivered:\n{report}"

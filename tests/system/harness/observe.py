@@ -122,18 +122,20 @@ async def rows(url: str, pipeline_id: str) -> Rows:
     return out
 
 
-async def row_count(url: str, pipeline_ids: list[str]) -> int | None:
-    """Rows of these pipelines, or None while the database does not answer."""
+async def row_count(url: str, pipeline_ids: list[str]) -> int | str:
+    """Rows of these pipelines, or why the database did not answer."""
     try:
-        conn = await asyncpg.connect(url, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return None
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"no database ({type(exc).__name__})"
     try:
         value = await conn.fetchval("SELECT count(*) FROM pipeline_data WHERE pipeline_id = "
                                     "ANY($1::text[])", pipeline_ids, timeout=30)
         return int(value)
-    except (asyncpg.PostgresError, TimeoutError):  # the table is not there yet
+    except asyncpg.UndefinedTableError:
         return 0
+    except (asyncpg.PostgresError, TimeoutError) as exc:
+        return f"no answer ({type(exc).__name__})"
     finally:
         await conn.close()
 

@@ -31,9 +31,11 @@ class Backend:
 @dataclass
 class Proxy:
     backends: list[Backend]
-    timeout: float = 8.0
+    timeout: float = 15.0  # a web process answers within twice its 5 s ack timeout
     eject_seconds: float = 5.0
     answers: Counter[tuple[str, int]] = field(default_factory=Counter)  # (backend, status)
+    # (10 s bucket of the epoch, backend, status) -> answers, for the run's record
+    buckets: Counter[tuple[int, str, int]] = field(default_factory=Counter)
     _turn: itertools.count[int] = field(default_factory=itertools.count)
     _session: aiohttp.ClientSession | None = None
 
@@ -43,6 +45,10 @@ class Proxy:
         ring = self.backends[start:] + self.backends[:start]
         now = time.monotonic()
         return sorted(ring, key=lambda b: b.down_until > now)
+
+    def _count(self, backend: str, status: int) -> None:
+        self.answers[(backend, status)] += 1
+        self.buckets[(int(time.time()) // 10 * 10, backend, status)] += 1
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
@@ -58,7 +64,7 @@ class Proxy:
                     payload = await resp.read()
                     out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
                     out[BACKEND_HEADER] = backend.name
-                    self.answers[(backend.name, resp.status)] += 1
+                    self._count(backend.name, resp.status)
                     return web.Response(status=resp.status, body=payload, headers=out)
             except aiohttp.ClientConnectorError:
                 backend.down_until = time.monotonic() + self.eject_seconds
@@ -67,10 +73,10 @@ class Proxy:
                 # the request may have reached it: answer, and let the client decide
                 backend.down_until = time.monotonic() + self.eject_seconds
                 status = 504 if isinstance(exc, TimeoutError) else 502
-                self.answers[(backend.name, status)] += 1
+                self._count(backend.name, status)
                 return web.Response(status=status, text=f"proxy: {type(exc).__name__}",
                                     headers={BACKEND_HEADER: backend.name})
-        self.answers[("-", 502)] += 1
+        self._count("-", 502)
         return web.Response(status=502, text="proxy: no backend answers")
 
     @asynccontextmanager

@@ -19,6 +19,8 @@ from tests.system.harness.sink import SinkReceiver
 
 WINDOW = 5  # seconds of the moving rate
 BACK_AT = 0.8  # "back at its rate": the moving rate at >= 80 % of the offered rate
+DIP = 15  # a dip that starts later than this after a fault is not that fault's
+SUSTAIN = 10  # back means: back for this long
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Verdict:
     latency_p99: float
     latency_max: float
     lines: list[str] = field(default_factory=list)  # the report before the final line
+    stuck: str = ""  # what was still moving or behind when the quiesce deadline passed
 
     def final_line(self) -> str:
         return (f"chaos: acked {self.acked}, stored {self.stored}, missing {len(self.missing)}, "
@@ -46,7 +49,7 @@ class Verdict:
                 f"{self.latency_p99:.1f} s max {self.latency_max:.1f} s")
 
     def failures(self) -> list[str]:
-        out = []
+        out = [self.stuck] if self.stuck else []
         if self.missing:
             out.append(f"{len(self.missing)} acked webhooks not stored")
         if self.duplicate_rows:
@@ -71,51 +74,90 @@ def clock(t: float) -> str:
 
 
 def recovery(series: Counter[int], offered: float, start: float, end: float) -> float | None:
-    """Seconds from `start` until the moving rate of `series` (events per whole second) was
-    last below BACK_AT * `offered` before `end`: 0 when it never dipped; None when it was
-    still below at `end` (not back before the next fault or the end of the load)."""
+    """Seconds from `start` until the moving rate of `series` (events per whole second) is
+    back at BACK_AT * `offered` and stays there for SUSTAIN seconds: 0 when it did not dip
+    within DIP seconds of `start`; None when it was not back before `end`."""
+    def ok(t: int) -> bool:
+        return sum(series[s] for s in range(t - WINDOW + 1, t + 1)) / WINDOW >= BACK_AT * offered
+
     t0, t1 = int(start), int(end)
-    last_below = None
-    for t in range(t0, t1):
-        rate = sum(series[s] for s in range(t - WINDOW + 1, t + 1)) / WINDOW
-        if rate < BACK_AT * offered:
-            last_below = t
-    if last_below is None:
+    dipped = next((t for t in range(t0, min(t1, t0 + DIP)) if not ok(t)), None)
+    if dipped is None:
         return 0.0
-    if last_below >= t1 - 1:
-        return None
-    return last_below + 1 - start
+    for t in range(dipped, t1):
+        if all(ok(u) for u in range(t, min(t1, t + SUSTAIN))):
+            return max(0.0, t - start)
+    return None
 
 
 def recovery_lines(faults: list[Fault], stored: Counter[int], acked: Counter[int],
                    offered: float, load_end: float) -> list[str]:
-    by_kind: dict[str, list[tuple[Fault, float | None, float | None, float]]] = {}
-    for i, f in enumerate(faults):
-        end = min(load_end, faults[i + 1].at if i + 1 < len(faults) else load_end)
-        by_kind.setdefault(f.kind, []).append(
-            (f, recovery(stored, offered, f.at, end), recovery(acked, offered, f.at, end),
-             end - f.at))
-    lines = [f"recovery (the {WINDOW} s moving rate back to >= {BACK_AT:.0%} of the offered "
-             f"{offered:.1f}/s; '>N' = not back before the next fault or the end of the load):"]
-    for kind, rows in sorted(by_kind.items()):
-        def show(values: list[float | None], spans: list[float]) -> str:
-            done = [v for v in values if v is not None]
-            text = " ".join(f"{v:.0f}" if v is not None else f">{s:.0f}"
-                            for v, s in zip(values, spans, strict=True))
-            med = f"median {statistics.median(done):.0f} s, max {max(done):.0f} s, " \
-                if done else ""
-            return f"{med}each: {text}"
-        spans = [r[3] for r in rows]
-        heal = [r[0].healed_at - r[0].at for r in rows if r[0].healed_at is not None]
-        lines.append(f"  {kind:<14} x{len(rows)}  healed after {statistics.mean(heal):.0f} s "
-                     f"on average" if heal else f"  {kind:<14} x{len(rows)}")
-        lines.append(f"      stored rows/s: {show([r[1] for r in rows], spans)}")
-        lines.append(f"      acked/s:       {show([r[2] for r in rows], spans)}")
+    by_kind: dict[str, list[Fault]] = {}
+    for f in faults:
+        by_kind.setdefault(f.kind, []).append(f)
+    lines = [f"recovery, per fault kind: seconds from the fault until the {WINDOW} s moving "
+             f"rate is back at >= {BACK_AT:.0%} of the offered {offered:.1f}/s for {SUSTAIN} s "
+             f"(0: no dip within {DIP} s; '>N': not back before the load ended; 'late': struck "
+             "too close to the end to tell; faults overlap, so a dip can be another's too)"]
+
+    def show(series: Counter[int], kind_faults: list[Fault]) -> str:
+        done: list[float] = []
+        text = []
+        for f in kind_faults:
+            if load_end - f.at < DIP + SUSTAIN:
+                text.append("late")
+                continue
+            r = recovery(series, offered, f.at, load_end)
+            text.append(f">{load_end - f.at:.0f}" if r is None else f"{r:.0f}")
+            if r is not None:
+                done.append(r)
+        med = f"median {statistics.median(done):.0f} s, max {max(done):.0f} s; " if done else ""
+        return f"{med}each: {' '.join(text)}"
+
+    for kind, kind_faults in sorted(by_kind.items()):
+        heal = [f.healed_at - f.at for f in kind_faults if f.healed_at is not None]
+        took = f"  back up after {statistics.mean(heal):.0f} s on average" if heal else ""
+        lines.append(f"  {kind:<14} x{len(kind_faults)}{took}")
+        lines.append(f"      stored rows/s: {show(stored, kind_faults)}")
+        lines.append(f"      acked/s:       {show(acked, kind_faults)}")
     return lines
 
 
 def per_second(times: list[float]) -> Counter[int]:
     return Counter(int(t) for t in times)
+
+
+def timeline(sender: Sender, stored_times: list[float], sink: SinkReceiver,
+             faults: list[Fault]) -> list[str]:
+    """Per bucket from the start of the load: ids posted, acked, stored, delivered, extra
+    deliveries, and the faults that struck in it (about 60 buckets, at least 10 s each)."""
+    t0 = sender.started_at
+    step = max(10, int(sender.load_seconds / 60) // 10 * 10)
+
+    def count(times: list[float]) -> Counter[int]:
+        return Counter(int((t - t0) // step) for t in times)
+
+    cols = [count([p.started for p in sender.posts.values()]),
+            count([p.acked_at for p in sender.posts.values() if p.acked_at is not None]),
+            count(stored_times), count(list(sink.first_at.values())), count(sink.repeated_at)]
+    last = max((max(c, default=0) for c in cols), default=0)
+    lines = [f"timeline (per {step} s from the start of the load): posted acked stored "
+             "delivered extra-deliveries, and the faults that struck"]
+    for b in range(last + 1):
+        struck = "; ".join(
+            f"{f.kind} {f.target} at +{f.at - t0:.0f}s"
+            + (f", back after {f.healed_at - f.at:.0f} s" if f.healed_at else "")
+            for f in faults if int((f.at - t0) // step) == b)
+        lines.append(f"  +{b * step:>5}s " + " ".join(f"{c[b]:>5}" for c in cols)
+                     + (f"  <- {struck}" if struck else ""))
+    after: Counter[str] = Counter()
+    for t in sink.repeated_at:
+        before = [f for f in faults if f.at <= t]
+        after[f"{before[-1].kind} {before[-1].target}" if before else "no fault yet"] += 1
+    if after:
+        lines.append("extra deliveries, by the fault that struck last before them: "
+                     + "; ".join(f"{k}: {n}" for k, n in after.most_common()))
+    return lines
 
 
 def near(faults: list[Fault], t: float, before: float = 60.0, after: float = 10.0) -> str:
@@ -151,6 +193,7 @@ def verdict(sender: Sender, rows: Rows, polled_rows: Rows, sink: SinkReceiver,
     stored_times = [rows.first_stored[i] for i in stored]
     v.lines += recovery_lines(faults, per_second(stored_times), per_second(acked_times),
                               sender.offered(), load_end)
+    v.lines += timeline(sender, stored_times, sink, faults)
     v.lines += _counts(sender, rows, sink, feed, polled_rows, exits)
     v.lines += _evidence(v, sender, rows, polled_rows, sink, feed, faults, bronze)
     return v

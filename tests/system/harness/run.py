@@ -13,7 +13,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ import orjson
 
 from tests.system.harness import api, observe, sink
 from tests.system.harness.api import ItemFeed
+from tests.system.harness.machine import CpuSampler
 from tests.system.harness.nemesis import Nemesis
 from tests.system.harness.proxy import Backend, Proxy
 from tests.system.harness.report import Verdict, verdict
-from tests.system.harness.roles import Fleet
+from tests.system.harness.roles import ROLES, Fleet
 from tests.system.harness.sender import Sender
 from tests.system.harness.stack import Stack, clean_env
 from tests.system.harness.waiting import until
@@ -125,35 +126,75 @@ async def session_check(proxy_url: str) -> str:
 
 
 async def progress(out: Callable[[str], None], started: float, sender: Sender,
-                   sink_rx: sink.SinkReceiver, nemesis: Nemesis, url: str) -> None:
+                   sink_rx: sink.SinkReceiver, nemesis: Nemesis, stack: Stack,
+                   fleet: Fleet) -> None:
+    def groups() -> dict[str, list[int]]:
+        pids = {r: [p.pid for p in fleet.procs if p.role == r and p.pid] for r in ROLES}
+        return {"harness": [os.getpid()], "web": pids.pop("web"),
+                "other roles": [pid for group in pids.values() for pid in group],
+                "kafka": [pid for n in range(1, stack.brokers + 1)
+                          if (pid := stack.broker_pid(n))]}
+
+    cpu = CpuSampler(groups)
     while True:
         await asyncio.sleep(30)
-        rows = await observe.row_count(url, [WEBHOOKS, ITEMS])
+        rows = await observe.row_count(stack.database_url, [WEBHOOKS, ITEMS])
         out(f"chaos: t+{time.time() - started:.0f}s acked {len(sender.acked_ids())}, rows "
-            f"{'db down' if rows is None else rows}, delivered ids "
-            f"{len(sink_rx.delivered_ids())}, pending posts {sender.pending()}, "
-            f"faults {len(nemesis.faults)}")
+            f"{rows}, delivered ids {len(sink_rx.delivered_ids())}, pending posts "
+            f"{sender.pending()}, faults {len(nemesis.faults)}; {cpu.sample()}")
+
+
+def record(path: Path, sender: Sender, sink_rx: sink.SinkReceiver, feed: ItemFeed,
+           nemesis: Nemesis, proxy: Proxy) -> None:
+    """Everything the harness saw, for a post-mortem (`run.json` beside the logs)."""
+    doc = {
+        "posts": [{"id": p.msg_id, "repeat": p.repeat, "started": p.started,
+                   "acked_at": p.acked_at, "outcome": p.outcome,
+                   "attempts": [asdict(a) for a in p.attempts]}
+                  for p in [*sender.posts.values(), *sender.repeats]],
+        "faults": [asdict(f) for f in nemesis.faults],
+        "polls": [asdict(r) for r in feed.requests],
+        "deliveries": dict(sink_rx.deliveries), "delivered_for": sink_rx.source_of,
+        "first_delivery": sink_rx.first_at, "extra_delivery_times": sink_rx.repeated_at,
+        "proxy": [[t, b, s, n] for (t, b, s), n in sorted(proxy.buckets.items())],
+    }
+    path.write_bytes(orjson.dumps(doc))
 
 
 async def quiesce(out: Callable[[str], None], stack: Stack, fleet: Fleet, feed: ItemFeed,
-                  sink_rx: sink.SinkReceiver) -> None:
-    """Everything back, every group caught up, rows and deliveries no longer changing."""
+                  sink_rx: sink.SinkReceiver, timeout: float = 600.0) -> str:
+    """Everything back, every group caught up, rows and deliveries no longer changing.
+    Returns "" when that was reached, else what was still wrong at the deadline."""
+    started = time.monotonic()
     await stack.up()
     await fleet.ready(timeout=180)
     feed.freeze()
     await until(lambda: _true(feed.served_max >= feed.generated), 180,
                 "the poller has fetched every item")
+    seen: dict[str, Any] = {}
 
     async def settled() -> tuple[int, int] | None:
-        lag = await observe.group_lag(stack.bootstrap)
-        if any(lag.values()):
-            return None
+        lag: dict[str, Any]
+        try:
+            lag = dict(await asyncio.wait_for(observe.group_lag(stack.bootstrap), 60))
+        except TimeoutError:
+            lag = {"lag": "no answer from Kafka within 60 s"}
         rows = await observe.row_count(stack.database_url, [WEBHOOKS, ITEMS])
-        return None if rows is None else (rows, sink_rx.total())
+        seen.update(lag=lag, rows=rows, deliveries=sink_rx.total())
+        if time.monotonic() - seen.get("said", 0.0) > 30:
+            seen["said"] = time.monotonic()
+            out(f"chaos: quiescing: lag {lag}, rows {rows}, deliveries {sink_rx.total()}")
+        if any(lag.values()) or not isinstance(rows, int):
+            return None
+        return rows, sink_rx.total()
 
-    started = time.monotonic()
-    await observe.wait_quiet(settled, quiet=10, timeout=600)
-    out(f"chaos: quiesced in {time.monotonic() - started:.0f} s after the poller caught up")
+    try:
+        await observe.wait_quiet(settled, quiet=10, timeout=timeout)
+    except TimeoutError:
+        seen.pop("said", None)
+        return f"not quiesced within {timeout:.0f} s: {seen}"
+    out(f"chaos: quiesced in {time.monotonic() - started:.0f} s")
+    return ""
 
 
 async def _true(value: bool) -> bool:
@@ -162,7 +203,8 @@ async def _true(value: bool) -> bool:
 
 async def run_chaos(opts: Options, out: Callable[[str], None] = print) -> Verdict:
     base = opts.workdir or Path(tempfile.mkdtemp(prefix="dashpipe-chaos-"))
-    stack = Stack(base / "state")
+    (base / "logs").mkdir(parents=True, exist_ok=True)
+    stack = Stack(base / "state", log_path=base / "logs" / "stack.log")
     rng = random.Random(opts.seed)
     out(f"chaos: seed {opts.seed}, {opts.minutes:g} min of load, faults "
         f"{'on' if opts.faults else 'off'}, logs in {base / 'logs'}")
@@ -182,6 +224,7 @@ async def run_chaos(opts: Options, out: Callable[[str], None] = print) -> Verdic
                 supervisor.cancel()
                 await asyncio.to_thread(fleet.stop)
     finally:
+        stack.save_logs(base / "logs")
         try:
             await stack.down()
         except Exception as exc:  # the verdict matters more than a failed clean-up
@@ -201,13 +244,13 @@ async def _run(opts: Options, out: Callable[[str], None], stack: Stack, fleet: F
         sessions = await session_check(proxy_url)
         sender = Sender(f"{proxy_url}/webhooks/{WEBHOOKS}", hook_secret, rng,
                         run=f"s{opts.seed}", rate=opts.rate)
-        nemesis = Nemesis(stack, fleet, random.Random(rng.random()))
+        nemesis = Nemesis(stack, fleet, random.Random(rng.random()), out=out)
         started = time.time()
         tasks = [asyncio.create_task(sender.run_load())]
         if opts.faults:
             tasks.append(asyncio.create_task(nemesis.run()))
-        watcher = asyncio.create_task(progress(out, started, sender, sink_rx, nemesis,
-                                               stack.database_url))
+        watcher = asyncio.create_task(progress(out, started, sender, sink_rx, nemesis, stack,
+                                               fleet))
         try:
             done, _ = await asyncio.wait(tasks, timeout=opts.minutes * 60)
             for task in done:  # a task that ended early failed
@@ -220,12 +263,20 @@ async def _run(opts: Options, out: Callable[[str], None], stack: Stack, fleet: F
             watcher.cancel()
         out(f"chaos: load stopped after {load_end - started:.0f} s; "
             f"{sender.pending()} posts still pending")
-        await quiesce(out, stack, fleet, feed, sink_rx)
+        stuck = await quiesce(out, stack, fleet, feed, sink_rx)
+        if stuck:
+            out(f"chaos: {stuck}")
         rows = await observe.rows(stack.database_url, WEBHOOKS)
         polled = await observe.rows(stack.database_url, ITEMS)
-        bronze = await observe.read_topics(stack.bootstrap, WEBHOOKS)
+        try:
+            bronze = await asyncio.wait_for(observe.read_topics(stack.bootstrap, WEBHOOKS), 300)
+        except TimeoutError:
+            out("chaos: reading the topics back took over 300 s; the report goes without")
+            bronze = None
         v = verdict(sender, rows, polled, sink_rx, feed, nemesis.faults, fleet.exits, bronze,
                     load_end)
+        v.stuck = stuck
+        record(stack.state_dir.parent / "logs" / "run.json", sender, sink_rx, feed, nemesis, proxy)
         v.lines.insert(0, f"browser session across web processes: {sessions}; proxy answers "
                           f"{dict(sorted(proxy.answers.items()))}")
         return v

@@ -52,12 +52,13 @@ class Sender:
     run: str = "run"
     rate: float = 20.0
     repeat_share: float = 0.05
-    timeout: float = 10.0
+    timeout: float = 20.0  # longer than the proxy's, which is longer than a web ack's
     max_pending: int = 400
     posts: dict[str, Post] = field(default_factory=dict)  # first posts, by webhook-id
     repeats: list[Post] = field(default_factory=list)
     skipped: int = 0  # ticks without a post because too many were pending
     load_seconds: float = 0.0
+    started_at: float = 0.0  # epoch s
     _acked: list[str] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
@@ -76,6 +77,7 @@ class Sender:
         catches up in bursts of at most a second's worth, so the offered rate holds."""
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=500)) as session:
             start = time.monotonic()
+            self.started_at = time.time()
             ticks = ids = 0
             while not self._stopping:
                 due = int((time.monotonic() - start) * self.rate) + 1

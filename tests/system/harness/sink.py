@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 class SinkReceiver:
     secret: str
     deliveries: Counter[str] = field(default_factory=Counter)  # webhook-id -> deliveries
+    repeated_at: list[float] = field(default_factory=list)  # when each extra delivery came
     source_of: dict[str, str] = field(default_factory=dict)  # webhook-id -> the sender's id
     first_at: dict[str, float] = field(default_factory=dict)  # sender's id -> first delivery
     rejected: int = 0
@@ -38,6 +39,8 @@ class SinkReceiver:
             return web.json_response({"error": "bad signature"}, status=401)
         msg_id = request.headers["webhook-id"]
         self.deliveries[msg_id] += 1
+        if self.deliveries[msg_id] > 1:
+            self.repeated_at.append(time.time())
         if msg_id not in self.source_of:
             doc = orjson.loads(body)
             rows = doc if isinstance(doc, list) else [doc]

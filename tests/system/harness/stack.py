@@ -5,11 +5,13 @@ PostgreSQL stopped; `dashpipe up` again brings back whatever is down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class Stack:
     state_dir: Path
     brokers: int = 3
     exports: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None  # every `dashpipe` call, its duration and output
 
     @property
     def env(self) -> dict[str, str]:
@@ -50,6 +53,7 @@ class Stack:
 
     async def dashpipe(self, *args: str, timeout: float = 300.0) -> str:
         """Run `dashpipe ARGS` without blocking the event loop; its stdout, or `StackFailed`."""
+        began = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             DASHPIPE, *args, env=self.env, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
@@ -59,6 +63,11 @@ class Stack:
             proc.kill()
             await proc.wait()
             raise StackFailed(f"dashpipe {' '.join(args)}: no answer in {timeout:.0f} s") from None
+        if self.log_path is not None:
+            with self.log_path.open("a") as f:
+                f.write(f"--- {time.strftime('%H:%M:%S')} dashpipe {' '.join(args)}: exit "
+                        f"{proc.returncode} after {time.monotonic() - began:.1f} s\n"
+                        f"{(out + err).decode(errors='replace')}")
         if proc.returncode != 0:
             raise StackFailed(f"dashpipe {' '.join(args)} exited {proc.returncode}:\n"
                               f"{(out + err).decode(errors='replace')[-3000:]}")
@@ -76,6 +85,20 @@ class Stack:
         for line in out.splitlines():
             name, _, value = line.removeprefix("export ").partition("=")
             self.exports[name] = shlex.split(value)[0] if value else ""
+
+    def save_logs(self, dest: Path, keep: int = 2_000_000) -> None:
+        """Copy the end of each broker's and the database's log to `dest` (before a purge)."""
+        found = {f"kafka-{n}.log": self.state_dir / "kafka" / f"node-{n}" / "server.log"
+                 for n in range(1, self.brokers + 1)}
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            found["postgres.log"] = Path(self._pg_data()).parent / "server.log"
+        for name, path in found.items():
+            try:
+                with path.open("rb") as f:
+                    f.seek(max(0, path.stat().st_size - keep))
+                    (dest / name).write_bytes(f.read())
+            except OSError:
+                continue
 
     async def down(self, purge: bool = True) -> None:
         await self.dashpipe("down", *(["--purge"] if purge else []), timeout=180)
