@@ -44,9 +44,12 @@ machine's busy time that none of the measured processes account for.
 
 `--rounds` (3; --quick 1): per round every role with 1 and 2 processes, the order of the two
 alternating by round; the ratio of each round and the median and range of the rounds are
-printed, and one `record()` line per role: `scaling-<role>`, ours = the median 2-process
-rate, baseline = the median 1-process rate. `--quick`: 20,000 records (deliver 5,000), one
-round, about a minute. `--roles` picks roles.
+printed, and one `record()` line per role: `scaling-<role>`, ours and baseline the 2- and
+1-process rates of the round with the median ratio (so its ratio is the median), with the
+medians of each side and every round's figures. Each run starts once the machine is under
+25 % busy over half a second, waiting at most `--settle-seconds` (60; --quick 2): on a shared
+machine the others' load still comes and goes mid-run, which the "other" figure shows.
+`--quick`: 20,000 records (deliver 5,000), one round, about a minute. `--roles` picks roles.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ import asyncpg
 import orjson
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
-from bench_deliver import Receiver, sink_config
+from bench_deliver import Receiver, settle, sink_config
 from bench_deliver import rows as deliver_rows
 from bench_deliver import write_pipeline as write_deliver_pipeline
 from bench_mapping import MAPPING, payload
@@ -113,6 +116,7 @@ POLL_S = 0.05
 JOIN_LIMIT_S = 120.0
 IDLE_LIMIT_S = 60.0
 CORES = os.cpu_count() or 1
+BUSY_LIMIT = 0.25  # a run starts once the machine is less busy than this (--settle-seconds)
 Progress = Callable[[], Awaitable[int]]
 Backlog = dict[int, list[Record]]  # partition -> records (key, value, headers, timestamp)
 
@@ -500,7 +504,8 @@ async def one_run(env: Env, role: str, procs: int, round_: int) -> Run:
                           [env.receiver_pid] if role == "deliver" and env.receiver_pid else [])
         log.info("round %d, %s x%d: group %s Stable, partitions %s; committing the backlog",
                  round_, role, procs, group, owned)
-        await asyncio.sleep(0.5)  # let the processes' start-up work die down
+        # the processes' start-up done, and on a shared machine a calm moment when there is one
+        await settle(BUSY_LIMIT, env.args.settle_seconds)
         progress: Progress
         if role == "deliver":
             receiver = env.receiver
@@ -549,6 +554,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16,
                         help="the deliver sink's requests in flight, per process")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settle-seconds", type=float, default=60.0,
+                        help="before each run, wait at most this long for the machine to be "
+                        f"under {BUSY_LIMIT:.0%} busy (a shared machine's calm moment)")
     parser.add_argument("--roles", default=",".join(ROLES),
                         help="comma-separated, of " + ", ".join(ROLES))
     parser.add_argument("--quick", action="store_true",
@@ -557,6 +565,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.records, args.deliver_records, args.rounds = (min(args.records, 20_000),
                                                            min(args.deliver_records, 5_000), 1)
+        args.settle_seconds = min(args.settle_seconds, 2.0)
     args.roles = [r for r in args.roles.split(",") if r]
     if not args.roles or any(r not in ROLES for r in args.roles):
         parser.error(f"--roles: of {', '.join(ROLES)}")
@@ -644,8 +653,10 @@ def report(args: argparse.Namespace, role: str, pairs: list[tuple[Run, Run]],
     def cores(attr: str) -> list[float]:
         return [round(r.cores(getattr(r, attr)), 2) for r in (one, two)]
 
-    record(f"scaling-{role}", unit="rows/s", ours=round(statistics.median(twos)),
-           baseline=round(statistics.median(ones)), records=records, partitions=partitions,
+    # the median round's own figures, so the recorded ratio is the median of the rounds'
+    record(f"scaling-{role}", unit="rows/s", ours=round(two.rate), baseline=round(one.rate),
+           median_1=round(statistics.median(ones)), median_2=round(statistics.median(twos)),
+           records=records, partitions=partitions,
            rounds=len(pairs), ratios=[round(r, 3) for r in ratios],
            one_rounds=[round(r) for r in ones], two_rounds=[round(r) for r in twos],
            us_per_row_1=[round(u, 1) for u in one.us_per_row],
