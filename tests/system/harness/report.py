@@ -220,6 +220,28 @@ def _counts(sender: Sender, rows: Rows, sink: SinkReceiver, feed: ItemFeed,
     return lines
 
 
+def _cause(sender: Sender, msg_id: str) -> str:
+    """Why a webhook id was written to Bronze more than once, from what the sender saw."""
+    first = sender.posts.get(msg_id)
+    if first is None:
+        return "never posted by the sender"
+    again = [r for r in sender.repeats if r.msg_id == msg_id]
+    if any(r.outcome == "received" for r in again):
+        return "deliberate repeats answered 'received' (not recognised as a repeat)"
+    if len(first.attempts) > 1:
+        return "retries after an answer was lost (the first attempt was written)"
+    if any(len(r.attempts) > 1 for r in again):
+        return "repeats retried after a lost answer"
+    return "answered 'received' once, written twice downstream"
+
+
+def _poll_cause(feed: ItemFeed, item_id: str) -> str:
+    polls = feed.repeats(int(item_id.rsplit("-", 1)[1]))
+    if len(polls) > 1:
+        return "polled items served by more than one poll (a cursor used twice)"
+    return "polled items served once, stored twice downstream"
+
+
 def _evidence(v: Verdict, sender: Sender, rows: Rows, polled_rows: Rows, sink: SinkReceiver,
               feed: ItemFeed, faults: list[Fault], bronze: Bronze | None) -> list[str]:
     def where(i: str) -> str:
@@ -229,6 +251,11 @@ def _evidence(v: Verdict, sender: Sender, rows: Rows, polled_rows: Rows, sink: S
                 f"rows {rows.lineage.get(i) or polled_rows.lineage.get(i) or []}")
 
     lines: list[str] = []
+    causes = Counter(_cause(sender, i) for i, n in rows.count.items() if n > 1)
+    causes.update(_poll_cause(feed, i) for i in v.polled_duplicates)
+    if causes:
+        lines.append("duplicate rows by cause: " + "; ".join(
+            f"{n} {cause}" for cause, n in causes.most_common()))
     for i in v.missing[:10]:
         post = sender.posts[i]
         t = post.acked_at or post.started
