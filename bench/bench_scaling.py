@@ -48,7 +48,9 @@ printed, and one `record()` line per role: `scaling-<role>`, ours and baseline t
 1-process rates of the round with the median ratio (so its ratio is the median), with the
 medians of each side and every round's figures. Each run starts once the machine is under
 25 % busy over half a second, waiting at most `--settle-seconds` (60; --quick 2): on a shared
-machine the others' load still comes and goes mid-run, which the "other" figure shows.
+machine the others' load still comes and goes mid-run, which the "other" figure shows; the
+rounds where it stayed under 0.25 cores in both runs are also summarised on their own
+("calm rounds").
 `--quick`: 20,000 records (deliver 5,000), one round, about a minute. `--roles` picks roles.
 """
 
@@ -116,6 +118,7 @@ POLL_S = 0.05
 JOIN_LIMIT_S = 120.0
 IDLE_LIMIT_S = 60.0
 CORES = os.cpu_count() or 1
+CALM_CORES = 0.25  # a round is calm when the others' load stayed under this in both runs
 BUSY_LIMIT = 0.25  # a run starts once the machine is less busy than this (--settle-seconds)
 Progress = Callable[[], Awaitable[int]]
 Backlog = dict[int, list[Record]]  # partition -> records (key, value, headers, timestamp)
@@ -648,6 +651,12 @@ def report(args: argparse.Namespace, role: str, pairs: list[tuple[Run, Run]],
           f"{max(ratios):.3f}); the median round: CPU us per row per process {us(one)} with 1, "
           f"{us(two)} with 2; machine busy {one.busy:.0%} with 1, {two.busy:.0%} with 2; "
           f"{records:,} records over {partitions} partitions", flush=True)
+    calm = [r for r, (a, b) in zip(ratios, pairs, strict=True)
+            if max(a.other_cores, b.other_cores) < CALM_CORES]
+    if calm:
+        print(f"scaling {role}: the {len(calm)} calm round(s) (other load under {CALM_CORES} "
+              f"cores in both runs): ratio 2/1 median {statistics.median(calm):.3f} (range "
+              f"{min(calm):.3f}-{max(calm):.3f})", flush=True)
     print(f"scaling {role}: what limits the second process: {limit(one, two)}", flush=True)
 
     def cores(attr: str) -> list[float]:
@@ -669,6 +678,7 @@ def report(args: argparse.Namespace, role: str, pairs: list[tuple[Run, Run]],
            other_cores=[round(one.other_cores, 2), round(two.other_cores, 2)],
            pipeline_us_per_row=[round(one.pipeline_us_per_row, 1),
                                 round(two.pipeline_us_per_row, 1)],
+           calm_ratios=[round(r, 3) for r in calm],
            concurrency=args.concurrency if role == "deliver" else None, quick=args.quick)
 
 
