@@ -6,6 +6,7 @@ acknowledgement too); every attempt is recorded with the backend that answered i
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
 import time
@@ -52,6 +53,9 @@ class Sender:
     run: str = "run"
     rate: float = 20.0
     repeat_share: float = 0.05
+    # a deliberate repeat reuses an id first posted at most this long ago: the receiver's
+    # contract is one row per webhook-id within DASHPIPE_WEBHOOK_DEDUP_SECONDS (600)
+    repeat_within: float = 540.0
     timeout: float = 20.0  # longer than the proxy's, which is longer than a web ack's
     max_pending: int = 400
     posts: dict[str, Post] = field(default_factory=dict)  # first posts, by webhook-id
@@ -60,11 +64,17 @@ class Sender:
     load_seconds: float = 0.0
     started_at: float = 0.0  # epoch s
     _acked: list[str] = field(default_factory=list)
+    _acked_started: list[float] = field(default_factory=list)  # their first posts' times
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
 
     def __post_init__(self) -> None:
         self._hook = Webhook(self.secret)
+
+    def _recent(self) -> list[str]:
+        """The acked ids first posted within `repeat_within` (acks come roughly in order)."""
+        return self._acked[bisect.bisect_left(self._acked_started,
+                                              time.time() - self.repeat_within):]
 
     def acked_ids(self) -> set[str]:
         return {i for i, p in self.posts.items() if p.acked_at is not None}
@@ -112,8 +122,9 @@ class Sender:
                 log.warning("%d posts still unacknowledged after %.0f s", len(late), timeout)
 
     def _next(self, n: int) -> Post:
-        if self._acked and self.rng.random() < self.repeat_share:
-            original = self.posts[self.rng.choice(self._acked)]
+        recent = self._recent()
+        if recent and self.rng.random() < self.repeat_share:
+            original = self.posts[self.rng.choice(recent)]
             post = Post(original.msg_id, original.body, True, time.time())
             self.repeats.append(post)
             return post
@@ -139,6 +150,7 @@ class Sender:
                 post.outcome = attempt.outcome
                 if not post.repeat:
                     self._acked.append(post.msg_id)
+                    self._acked_started.append(post.started)
                 return
             wait = delay * (0.5 + self.rng.random())
             if attempt.status in (429, 503) and attempt.outcome.startswith("retry-after "):
