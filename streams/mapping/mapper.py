@@ -229,6 +229,9 @@ class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.pending is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.pending), REVOKE_WAIT_SECONDS)
+        # another process may own a partition before this one gets it back: its records
+        # would be missing from a kept window, so every window is warmed again
+        self.dedup.keep(set())
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.dedup.keep({tp.partition for tp in assigned})
@@ -256,9 +259,13 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
                     continue
                 if any(_unknown(rt, r) for recs in batch.values() for r in recs):
                     await rt.registry.sync()  # a pipeline created a moment ago: read it first
-                for tp, records in batch.items():  # taken over, or reset by a rebalance
-                    if not dedup.continues(tp.partition, records[0].offset):
-                        await dedup.warm(rt.bootstrap, rt.settings.kafka, tp, records[0].offset)
+                # taken over, or reset by a rebalance (checked again after each warm: the
+                # rebalance listener runs meanwhile, and mapping follows with no await)
+                while stale := [tp for tp, records in batch.items()
+                                if not dedup.continues(tp.partition, records[0].offset)]:
+                    for tp in stale:
+                        await dedup.warm(rt.bootstrap, rt.settings.kafka, tp,
+                                         batch[tp][0].offset)
                 out = mapper.map_batch(batch)  # while the previous batch is being acknowledged
                 if owner.pending is not None:
                     await owner.pending
