@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a live process; 0 when it is gone."""
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a live process; None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return None
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
@@ -45,8 +45,8 @@ class CpuSampler:
         machine = (busy - self._machine[0]) / max(1e-3, total - self._machine[1]) * cores
         parts = [f"machine {machine:.0%} of {cores:.0%}"]
         for name, pids in self.groups().items():
-            seen = {pid: process_cpu(pid) for pid in pids}
-            before = self._last.get(name, {})
+            seen = {pid: cpu for pid in pids if (cpu := process_cpu(pid)) is not None}
+            before = self._last.get(name, {})  # a process gone since is not counted
             used = sum(cpu - before.get(pid, 0.0) for pid, cpu in seen.items())
             self._last[name] = seen
             parts.append(f"{name} {used / wall:.0%}")
