@@ -17,7 +17,7 @@ process cannot arrive to find the first one done.
   payload each, the README's quake mapping, as `bench_mapper.py`) of one pipeline per raw
   partition (ids picked so that each partition gets exactly one: a pipeline's records share
   its partition, so N/partitions records each). Measured by the group's committed offsets on
-  the raw topic, polled every 0.1 s: from the first poll that sees a commit to the one that
+  the raw topic, polled every 0.05 s: from the first poll that sees a commit to the one that
   sees every partition committed to its end; checked: the transformed topic holds N rows.
 - persist: the transformed topic holds N records as the mapper writes them (`bench_persist`'s
   `transformed_values`: the quake mapping's rows, distinct identities, key = the row key), one
@@ -25,7 +25,8 @@ process cannot arrive to find the first one done.
   `bench_persist.py` does (and its compression policy's first run awaited, so no side meets
   it). Measured by the database's clock, `stored_at` (the transaction start) of the rows:
   (rows in all but the last transaction) / (last transaction start - first); the end is seen
-  in the group's committed offsets; checked: N rows stored.
+  in the group's committed offsets (the CPU window: the snapshots around the `stored_at`
+  one, by the wall clock); checked: N rows stored.
 - deliver: the transformed topic holds N rows of `bench_deliver.py` (one pipeline, one
   Standard Webhooks sink, concurrency 16 per process) posted to `bare.py receiver`, one
   aiohttp process answering an empty 200 (reset before each run). Measured by the receiver's
@@ -35,8 +36,9 @@ process cannot arrive to find the first one done.
 Every process gets its own `DASHPIPE_KAFKA_CLIENT_ID`, so the group's description says which
 process owns which partitions. Over each run's window (the first progress seen to the drain)
 the bench samples utime + stime (/proc/<pid>/stat) of every role process, the broker (the
-process listening on the bootstrap port), PostgreSQL (the server listening on the database's
-port and its children alive through the window; persist only) and the receiver (deliver only),
+process listening on the bootstrap port), PostgreSQL (the postmaster listening on the
+database's port and all its children, listed at every snapshot so that a job worker or
+autovacuum started meanwhile counts; persist only) and the receiver (deliver only),
 and the whole machine's busy share from /proc/stat. Printed per process: its share of a core
 and its CPU microseconds per row (its CPU over the rows of the partitions it owns). The
 broker and PostgreSQL are the dev stack's, shared with whoever else uses it; "other" is the
@@ -264,12 +266,12 @@ def cpu_of(pids: list[int]) -> dict[int, float]:
 
 @dataclass
 class Watched:
-    """The processes whose CPU a run reports; `postgres` fixed when the run starts (backends
-    that come or go meanwhile are not counted)."""
+    """The processes whose CPU a run reports; `postgres` is the server's postmaster, whose
+    children (backends, TimescaleDB's job workers, autovacuum) are listed at every snapshot."""
 
     role: list[Child]
     broker: list[int]
-    postgres: list[int] = field(default_factory=list)
+    postgres: int | None = None
     receiver: list[int] = field(default_factory=list)
 
 
@@ -288,12 +290,14 @@ class Snapshot:
     @classmethod
     def take(cls, w: Watched, progress: int) -> Snapshot:
         return cls(time.perf_counter(), time.time(), progress,
-                   [cpu_seconds(c.pid) for c in w.role], cpu_of(w.broker), cpu_of(w.postgres),
+                   [cpu_seconds(c.pid) for c in w.role], cpu_of(w.broker),
+                   cpu_of(children_of(w.postgres)) if w.postgres else {},
                    cpu_of(w.receiver), time.process_time(), machine_busy())
 
 
 def spent(a: dict[int, float], b: dict[int, float]) -> float:
-    return sum(b[p] - a[p] for p in b if p in a)
+    """CPU seconds from `a` to `b`; a process that appeared in between counts in full."""
+    return sum(b[p] - a.get(p, 0.0) for p in b)
 
 
 # --- one run --------------------------------------------------------------------------------
@@ -502,8 +506,7 @@ async def one_run(env: Env, role: str, procs: int, round_: int) -> Run:
         group = f"{prefix}-{role}"
         owned = await joined(admin, group, topic, children, clients)
         watched = Watched(children, env.broker,
-                          children_of(env.postgres) if role == "persist" and env.postgres
-                          else [],
+                          env.postgres if role == "persist" else None,
                           [env.receiver_pid] if role == "deliver" and env.receiver_pid else [])
         log.info("round %d, %s x%d: group %s Stable, partitions %s; committing the backlog",
                  round_, role, procs, group, owned)
