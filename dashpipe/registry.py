@@ -158,13 +158,12 @@ class RegistryWriter:
 
     async def put_status(self, status: PipelineStatus) -> None:
         """Write the status; the local view changes at once (the writer owns the pipeline)."""
-        value = self.own(status)
+        value = status.model_dump_json().encode()
+        self.own(status, value)
         await self._write(self.registry.names.status, status.pipeline_id, value, wait=False)
 
-    def own(self, status: PipelineStatus) -> bytes:
-        """The status record's value, and the local view changed as if it were written: for a
-        caller that writes it itself (in a transaction) and has."""
-        value = status.model_dump_json().encode()
+    def own(self, status: PipelineStatus, value: bytes) -> None:
+        """The local view changed as if `value` (the status record) were written: for a caller
+        that writes it itself (in a transaction)."""
         self.registry.status[status.pipeline_id] = status
         self.registry.own_status[status.pipeline_id] = value
-        return value

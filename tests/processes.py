@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -13,14 +12,9 @@ from pathlib import Path
 
 import aiohttp
 
+from dashpipe.cli.stack.state import free_port
 from dashpipe.settings import Settings
 from tests.helpers import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def role_env(settings: Settings, **extra: str) -> dict[str, str]:

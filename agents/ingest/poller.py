@@ -205,7 +205,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
             if keep_status:
                 await producer.send(rt.names.status, value, key=p.id.encode())
         if keep_status:
-            rt.writer.own(status)
+            rt.writer.own(status, value)
 
 
 def _due_at(p: Pipeline, st: PipelineStatus) -> datetime:

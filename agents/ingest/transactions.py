@@ -15,15 +15,12 @@ pages and the status likewise leaves neither.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from dashpipe import kafka
 from dashpipe.settings import KafkaSettings
-
-log = logging.getLogger(__name__)
 
 
 class Fenced(Exception):

@@ -112,11 +112,11 @@ class Dedup:
                 self.next.pop(p, None)
 
     async def warm(self, bootstrap: str, ks: KafkaSettings, tp: TopicPartition,
-                   committed: int | None) -> int:
+                   committed: int) -> int:
         """Read the window before offset `committed` of `tp` again into a fresh `Window`,
         deciding each record as it was decided then; returns the records read."""
         window = self.windows[tp.partition] = Window(self.window_ms)
-        self.next[tp.partition] = committed or 0
+        self.next[tp.partition] = committed
         if not committed:
             return 0
         reader = kafka.consumer(bootstrap, ks, group_id=None)

@@ -219,7 +219,7 @@ def _text(value: bytes | None) -> str:
 
 class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move, lets the batch in flight commit (so the next owner starts where
-    this one stopped); after, forgets the dedup windows of partitions gone elsewhere."""
+    this one stopped) and forgets every dedup window (the main loop warms them again)."""
 
     def __init__(self, dedup: Dedup) -> None:
         self.dedup = dedup

@@ -108,9 +108,17 @@ async def test_each_pipeline_is_polled_once_per_interval_by_2_and_3_processes_an
 
 
 async def _pages(settings: Settings, topic: str) -> dict[str, int]:
-    """Committed records per key, read to the end of every partition."""
-    consumer = kafka.consumer(settings.kafka.bootstrap_servers, settings.kafka, group_id=None)
+    """Committed records per key."""
     per: dict[str, int] = defaultdict(int)
+    for r in await _committed(settings, topic):
+        per[r.key.decode()] += 1
+    return per
+
+
+async def _committed(settings: Settings, topic: str) -> list[Any]:
+    """Every committed record of `topic`, read to the end of every partition."""
+    consumer = kafka.consumer(settings.kafka.bootstrap_servers, settings.kafka, group_id=None)
+    out: list[Any] = []
     async with kafka.started(consumer):
         tps = await kafka.partitions(consumer, topic)
         consumer.assign(tps)
@@ -119,12 +127,11 @@ async def _pages(settings: Settings, topic: str) -> dict[str, int]:
 
         async def done() -> bool:
             for records in (await consumer.getmany(timeout_ms=200)).values():
-                for r in records:
-                    per[r.key.decode()] += 1
+                out.extend(records)
             return all([await consumer.position(tp) >= ends[tp] for tp in tps])
 
-        await wait_until(done, 30, "Bronze read to its end")
-    return per
+        await wait_until(done, 30, "the topic read to its end")
+    return out
 
 
 async def test_a_poller_paused_past_its_session_adds_nothing_when_it_wakes(
@@ -188,19 +195,5 @@ def _owned(role: Role) -> set[int] | None:
 
 
 async def _values(settings: Settings, topic: str, key: str) -> list[int]:
-    consumer = kafka.consumer(settings.kafka.bootstrap_servers, settings.kafka, group_id=None)
-    out: list[int] = []
-    async with kafka.started(consumer):
-        tps = await kafka.partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-
-        async def done() -> bool:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(orjson.loads(r.value)["request"] for r in records
-                           if r.key == key.encode())
-            return all([await consumer.position(tp) >= ends[tp] for tp in tps])
-
-        await wait_until(done, 30, "Bronze read to its end")
-    return out
+    return [orjson.loads(r.value)["request"] for r in await _committed(settings, topic)
+            if r.key == key.encode()]
