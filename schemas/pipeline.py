@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -52,6 +53,20 @@ def _valid_path(path: str) -> str:
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+# HTTP methods: any case accepted (`get`, as many API docs write it), kept upper case; the
+# JSON Schema lists both cases so that editors accept what the API does
+PollMethod = Annotated[Literal["GET", "POST", "PUT", "PATCH"], BeforeValidator(_upper),
+                       WithJsonSchema({"type": "string", "enum": [
+                           "GET", "POST", "PUT", "PATCH", "get", "post", "put", "patch"]})]
+SinkMethod = Annotated[Literal["POST", "PUT", "PATCH"], BeforeValidator(_upper),
+                       WithJsonSchema({"type": "string", "enum": [
+                           "POST", "PUT", "PATCH", "post", "put", "patch"]})]
 
 
 class Pagination(_Config):
@@ -104,7 +119,7 @@ class _Auth(_Config):
 
 class HttpApiSource(_Auth):
     url: str = Field(pattern=r"^https?://", description="http(s) URL to poll")
-    method: Literal["GET", "POST", "PUT", "PATCH"] = "GET"
+    method: PollMethod = "GET"
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     body: Any = None
     pagination: Pagination | None = None
@@ -179,7 +194,7 @@ class HttpApiSink(_SinkCommon, _Auth):
     """Send rows to an HTTP API: the row, or `body_template` (strings `{{path}}` replaced by
     the row's value at that path), one per request or batched as a JSON array."""
 
-    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    method: SinkMethod = "POST"
     body_template: Any = None
     batching: Batching = Field(default_factory=Batching)
     timeout_seconds: float = Field(default=15.0, gt=0, le=120)
@@ -288,7 +303,8 @@ class Pipeline(BaseModel):
             data = dict(data)
             kind = SOURCE_MODELS.get(data.get("source_type", ""))
             raw = data.get("source_config", {})
-            if kind is not None and isinstance(raw, dict | BaseModel):
+            if kind is not None and isinstance(raw, dict | BaseModel) \
+                    and _fits(data.get("type"), data.get("source_type")):
                 source = _typed(kind, raw, ("source_config",), typed_errors)
                 if source is not None:
                     data["source_config"] = source
@@ -326,9 +342,11 @@ class Pipeline(BaseModel):
         out = []
         allowed = SOURCES_BY_TYPE[self.type]
         if self.source_type not in allowed:
+            serves = next(k for k, v in SOURCES_BY_TYPE.items() if self.source_type in v)
             out.append(_error(("source_type",), self.source_type,
-                              f"source_type {self.source_type!r} does not fit type "
-                              f"{self.type!r}; expected one of {sorted(allowed)}"))
+                              f"a {self.type} pipeline takes source_type "
+                              f"{' or '.join(map(repr, sorted(allowed)))}, not "
+                              f"{self.source_type!r} (which is for {serves} pipelines)"))
         if self.type == "polling" and self.interval_seconds is None:
             out.append(_error(("interval_seconds",), None,
                               "interval_seconds is required for a polling pipeline"))
@@ -338,6 +356,13 @@ class Pipeline(BaseModel):
         """The definition as an API answers it: every secret masked."""
         masked: dict[str, Any] = mask_secrets(self.model_dump(mode="json"))
         return masked
+
+
+def _fits(kind: Any, source_type: Any) -> bool:
+    """False when `source_type` cannot serve the pipeline `type`: its config is then not
+    checked, so the one error is that the two do not fit (`fit_errors`)."""
+    allowed = SOURCES_BY_TYPE.get(kind) if isinstance(kind, str) else None
+    return allowed is None or source_type in allowed
 
 
 def _error(loc: tuple[str, ...], value: Any, message: str) -> InitErrorDetails:

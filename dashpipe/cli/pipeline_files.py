@@ -8,6 +8,7 @@ A file is YAML or JSON and holds one pipeline object, a list of them, or `{"pipe
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -72,19 +73,48 @@ def _parse_yaml(text: str, name: str) -> list[Any]:
         raise FileError(f"{name}: invalid YAML: {exc}") from None
 
 
+# YAML 1.2's core schema, which JSON also follows: PyYAML reads YAML 1.1, where `NO`, `yes`,
+# `on` and `off` are booleans, `012` is octal and `1e3` a string. Dates stay text too (a
+# cursor's `initial: 2024-01-01` is a string, as it would be in JSON).
+_CORE = {
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    "tag:yaml.org,2002:null": (r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    "tag:yaml.org,2002:int": (r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$",
+                              list("-+0123456789")),
+    "tag:yaml.org,2002:float": (
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", list("-+.0123456789")),
+}
+
+
+def _core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text)  # decimal, leading zeros included (`012` is 12, not octal)
+
+
+def _core_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = str(loader.construct_scalar(node)).lower()
+    return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
+
 @functools.cache
 def _loader() -> type[yaml.SafeLoader]:
-    """A safe loader that keeps dates as text: a cursor's `initial: 2024-01-01` stays a string,
-    as it would in JSON."""
-    timestamp = "tag:yaml.org,2002:timestamp"
+    """A safe loader that resolves plain scalars by YAML 1.2's core schema (see `_CORE`)."""
+    replaced = {*_CORE, "tag:yaml.org,2002:timestamp"}
 
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != timestamp]
+        first: [(tag, rx) for tag, rx in resolvers if tag not in replaced]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    for tag, (pattern, first) in _CORE.items():
+        Loader.add_implicit_resolver(tag, re.compile(pattern), first)
+    Loader.add_constructor("tag:yaml.org,2002:int", _core_int)
+    Loader.add_constructor("tag:yaml.org,2002:float", _core_float)
     return Loader
 
 

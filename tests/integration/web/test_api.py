@@ -92,6 +92,21 @@ async def test_invalid_input_is_422_with_field_paths(client: Any) -> None:
         assert "invalid JSON at line 1" in (await r.json())["error"]
 
 
+async def test_the_original_designs_shapes_are_accepted_or_get_one_clear_error(
+        client: Any) -> None:
+    seed = polling_pipeline()
+    seed["source_config"] |= {"method": "get", "params": {"limit": 100}}
+    async with client.post("/api/pipelines", json=seed, headers=auth("tok-a")) as r:
+        assert r.status == 201, await r.text()
+        assert (await r.json())["source_config"]["method"] == "GET"
+    mixed = polling_pipeline(type="realtime", interval_seconds=None)
+    async with client.post("/api/pipelines", json=mixed, headers=auth("tok-a")) as r:
+        assert r.status == 422
+        errors = (await r.json())["errors"]
+    assert [e["loc"] for e in errors] == ["source_type"]
+    assert "a realtime pipeline takes source_type 'webhook'" in errors[0]["msg"]
+
+
 async def test_update_patch_pause_resume_delete(client: Any) -> None:
     h = auth("tok-a")
     async with client.post("/api/pipelines", json=webhook_pipeline(id="orders-1"), headers=h) as r:

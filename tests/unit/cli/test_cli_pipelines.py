@@ -52,6 +52,24 @@ def test_a_file_holds_one_a_list_or_a_wrapper(tmp_path: Path, name: str, text: s
     assert [d["id"] for d in read(str(path))] == ids
 
 
+def test_yaml_scalars_follow_yaml_1_2() -> None:
+    """The core schema, as JSON reads the same values: only true/false are booleans."""
+    text = ("const: NO\nb: yes\nc: on\nd: off\ne: y\nf: true\ng: FALSE\nh: 012\n"
+            "i: 0o17\nj: 0x1F\nk: 1e3\nl: .inf\nm: ~\nn:\no: 1_000\np: 2024-01-01\n"
+            "q: 1:20\nr: -.5\non: key\n")
+    (doc,) = read("-", text)
+    assert doc == {"const": "NO", "b": "yes", "c": "on", "d": "off", "e": "y", "f": True,
+                   "g": False, "h": 12, "i": 15, "j": 31, "k": 1000.0, "l": float("inf"),
+                   "m": None, "n": None, "o": "1_000", "p": "2024-01-01", "q": "1:20",
+                   "r": -0.5, "on": "key"}
+    assert type(doc["h"]) is int and type(doc["k"]) is float
+
+
+def test_a_yaml_mapping_constant_no_stays_text() -> None:
+    (doc,) = read("-", "data_mapping:\n  fields:\n    answer: {const: NO}\n")
+    assert doc["data_mapping"]["fields"]["answer"] == {"const": "NO"}
+
+
 def test_stdin_reads_yaml_and_json() -> None:
     assert read("-", '{"pipelines": [{"id": "a"}]}') == [{"id": "a"}]
     assert read("-", "id: a\n") == [{"id": "a"}]
