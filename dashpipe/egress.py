@@ -5,8 +5,11 @@ after DNS: a name that resolves to an internal address, a DNS answer that change
 lookups (rebinding), a redirect to an internal host, and an IP literal are all caught at the
 same place. Refused: every address that is not globally routable (loopback, private, link-local
 incl. 169.254.169.254, CGNAT 100.64/10, unspecified 0.0.0.0 / ::, multicast, reserved,
-documentation ranges), including IPv4 embedded in IPv6 (IPv4-mapped, NAT64 64:ff9b::/96,
-6to4, Teredo). `DASHPIPE_EGRESS_ALLOW` (CIDR ranges) permits ranges explicitly.
+documentation ranges), an IPv4 address embedded in IPv6 that is any of those (IPv4-mapped,
+6to4, Teredo), and every translated or deprecated IPv4 form whatever it carries
+(IPv4-compatible `::a.b.c.d`, SIIT `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::/96` and
+`64:ff9b:1::/48`), and the reserved ranges. `DASHPIPE_EGRESS_ALLOW` (CIDR ranges) permits
+ranges explicitly.
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ import aiohttp
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+# forms that reach an IPv4 address through a translator or a deprecated embedding: refused
+# even when the IPv4 address they carry is public (a translator may sit inside the network)
+TRANSLATED = {
+    ipaddress.ip_network("::/96"): "an IPv4-compatible address",
+    ipaddress.ip_network("::ffff:0:0:0/96"): "an IPv4-translated (SIIT) address",
+    NAT64: "a NAT64 address",
+    ipaddress.ip_network("64:ff9b:1::/48"): "a local-use NAT64 address",
+}
 
 
 class EgressRefused(OSError):
@@ -53,11 +65,23 @@ def refusal(host: str, allow: Sequence[Network]) -> str | None:
     inner = embedded(ip)
     for candidate in [*inner[1:], ip]:  # an embedded IPv4 address explains best
         if not candidate.is_global or candidate.is_multicast:
-            kind = _kind(candidate)
             shown = str(ip) if candidate == ip else f"{ip} (carrying {candidate})"
-            return (f"refused by the egress policy: {shown} is {kind}, not a public address "
-                    "(DASHPIPE_EGRESS_ALLOW can permit a range)")
+            return _refused(shown, _kind(candidate))
+    if isinstance(ip, ipaddress.IPv6Address):
+        for net, kind in TRANSLATED.items():
+            if ip in net:
+                return _refused(str(ip), kind)
+        # the IPv6 reserved ranges hold the mapped form, judged by the IPv4 it carries
+        if ip.is_reserved and ip not in MAPPED:
+            return _refused(str(ip), "a reserved address")
+    elif ip.is_reserved:
+        return _refused(str(ip), "a reserved address")
     return None
+
+
+def _refused(shown: str, kind: str) -> str:
+    return (f"refused by the egress policy: {shown} is {kind}, not a public address "
+            "(DASHPIPE_EGRESS_ALLOW can permit a range)")
 
 
 def _kind(ip: Address) -> str:
@@ -65,8 +89,8 @@ def _kind(ip: Address) -> str:
                        ("is_link_local", "a link-local address"),
                        ("is_unspecified", "the unspecified address"),
                        ("is_multicast", "a multicast address"),
-                       ("is_private", "a private address"),
-                       ("is_reserved", "a reserved address")):
+                       ("is_reserved", "a reserved address"),
+                       ("is_private", "a private address")):
         if getattr(ip, test):
             return name
     return "not globally routable"

@@ -14,6 +14,13 @@ REFUSED = {
     "::ffff:127.0.0.1": "carrying 127.0.0.1", "::ffff:10.0.0.1": "carrying 10.0.0.1",
     "64:ff9b::a00:1": "carrying 10.0.0.1", "2002:7f00:1::": "carrying 127.0.0.1",
     "224.0.0.1": "multicast", "fc00::1": "private", "198.18.0.1": "private",
+    # translated and deprecated forms, whatever IPv4 address they carry
+    "::127.0.0.1": "IPv4-compatible", "::8.8.8.8": "IPv4-compatible",
+    "::ffff:0:7f00:1": "SIIT", "::ffff:0:808:808": "SIIT",
+    "64:ff9b::808:808": "NAT64", "64:ff9b:1::7f00:1": "local-use NAT64",
+    "64:ff9b:1:ffff::808:808": "local-use NAT64",
+    # reserved ranges
+    "240.0.0.1": "reserved", "4000::1": "reserved", "100::1": "reserved",
 }
 
 
