@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from dashpipe import __version__
 from dashpipe.cli import replay as replay_cli
 from dashpipe.cli import stack
 from dashpipe.cli.roles import ROLES
@@ -337,6 +338,7 @@ def _offsets_parser(sub: Any) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dashpipe", description=__doc__)
+    p.add_argument("--version", action="version", version=f"dashpipe {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local Kafka and PostgreSQL (idempotent)")
     up.add_argument("--brokers", type=int, choices=range(1, 6), metavar="N",

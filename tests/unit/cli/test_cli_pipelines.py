@@ -210,3 +210,13 @@ def test_the_documented_example_is_valid() -> None:
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     docs = pipeline_files.read("-", example)
     assert check(docs, {}) == [] and [d["id"] for d in docs] == ["shop-orders", "payments"]
+
+
+def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    with pytest.raises(SystemExit) as done:
+        cli.parser().parse_args(["--version"])
+    assert done.value.code == 0
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out == f"dashpipe {declared}\n"
