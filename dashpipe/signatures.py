@@ -1,4 +1,5 @@
-"""Webhook signature verification: the original scheme and Standard Webhooks.
+"""Webhook signature verification: the original scheme and Standard Webhooks, and the
+primitives the providers' schemes share (`dashpipe.providers`).
 
 Original: `x-webhook-signature` is the lowercase hex HMAC-SHA256 of the raw body, keyed with the
 secret's UTF-8 bytes.
@@ -11,7 +12,8 @@ rotate keys independently.
 
 Pure functions: the caller passes the secrets, the headers, the raw body and the current time.
 Every `SignatureError` message is safe to return to the client: it never holds a secret or the
-expected signature.
+expected signature. Every verifier (`verify`, `verify_original`, `verify_standard` and the
+providers') takes the same arguments and answers a `Verified`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from secrets import token_bytes
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -46,8 +48,12 @@ class SignatureError(DashpipeError):
 
 
 class Verified(NamedTuple):  # a tuple: built on every webhook, cheaper than a dataclass
-    scheme: Literal["original", "standard"]
-    webhook_id: str | None  # set for Standard Webhooks, the sender's id for deduplication
+    scheme: str  # the scheme that verified it: original, standard, github, stripe, ...
+    webhook_id: str | None  # the sender's id of the delivery (for deduplication), if it gives one
+    event: str | None = None  # the sender's event name (X-GitHub-Event, a Stripe type, ...)
+
+
+_ORIGINAL = Verified("original", None)  # immutable: the original scheme's every answer
 
 
 def verify(
@@ -63,12 +69,12 @@ def verify(
     `headers` may be case-sensitive (a dict) or not (aiohttp's `CIMultiDictProxy`). `now` is unix
     seconds; a Standard Webhooks timestamp more than `tolerance` seconds away from it is refused.
     A malformed configured secret (`whsec_` followed by something not base64) is a `ConfigError`.
+    This is the scheme `auto`: Standard Webhooks when `webhook-signature` is sent, else the
+    original scheme.
     """
     if not secrets:
         raise ConfigError("no webhook secret configured")
-    # aiohttp's headers are case-insensitive already; copy only a plain mapping
-    lowered = headers if type(headers) in _CASE_INSENSITIVE \
-        else {k.lower(): v for k, v in headers.items()}
+    lowered = case_insensitive(headers)
     if SIGNATURE_HEADER in lowered:
         return _verify_standard(secrets, lowered, body, now, tolerance)
     if ORIGINAL_HEADER in lowered:
@@ -78,9 +84,67 @@ def verify(
         "webhook-id/webhook-timestamp/webhook-signature")
 
 
+def verify_original(
+    secrets: Sequence[str],
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Verified:
+    """The original scheme only (`x-webhook-signature`); `now` and `tolerance` are unused."""
+    if not secrets:
+        raise ConfigError("no webhook secret configured")
+    given = case_insensitive(headers).get(ORIGINAL_HEADER)
+    if given is None:
+        raise SignatureError("missing signature: send x-webhook-signature")
+    return _verify_original(secrets, given, body)
+
+
+def verify_standard(
+    secrets: Sequence[str],
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Verified:
+    """Standard Webhooks only (`webhook-id`, `webhook-timestamp`, `webhook-signature`)."""
+    if not secrets:
+        raise ConfigError("no webhook secret configured")
+    lowered = case_insensitive(headers)
+    if SIGNATURE_HEADER not in lowered:
+        raise SignatureError(
+            "missing signature: send webhook-id/webhook-timestamp/webhook-signature")
+    return _verify_standard(secrets, lowered, body, now, tolerance)
+
+
+def case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """`headers` to look up by lower-case name: aiohttp's are case-insensitive already, so only
+    a plain mapping is copied."""
+    if type(headers) in _CASE_INSENSITIVE:
+        return headers
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def unix_seconds(name: str, value: str, now: float, tolerance: float) -> int:
+    """The integer unix timestamp `value` of header `name`, checked to be within `tolerance`
+    seconds of `now` either way; else `SignatureError` saying which way it is off."""
+    if not (value.isascii() and value.isdigit()):
+        raise SignatureError(f"{name} is not an integer (unix seconds)")
+    # very long digit strings are far outside any tolerance; int() would refuse over 4300 digits
+    stamp = int(value) if len(value) <= 20 else math.inf
+    age = now - stamp
+    if abs(age) > tolerance:
+        direction = "too old" if age > 0 else "too new"
+        raise SignatureError(
+            f"timestamp outside the {_describe(tolerance)} tolerance ({direction})")
+    return int(stamp)
+
+
 def sign_original(secret: str, body: bytes) -> str:
     """The `x-webhook-signature` value for `body`: lowercase hex HMAC-SHA256."""
-    return hmac_sha256(_utf8(secret), body).hex()
+    return hmac_sha256(utf8_key(secret), body).hex()
 
 
 def sign_standard(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -102,12 +166,13 @@ def _verify_original(secrets: Sequence[str], given: str, body: bytes) -> Verifie
     if presented.isascii():  # compare_digest takes str only when both are ASCII
         for secret in secrets:
             if hmac.compare_digest(sign_original(secret, body), presented):
-                return Verified("original", None)
+                return _ORIGINAL
     raise SignatureError("signature does not match")
 
 
 @lru_cache(maxsize=1024)
-def _utf8(secret: str) -> bytes:
+def utf8_key(secret: str) -> bytes:
+    """The HMAC key of a secret used as written: its UTF-8 bytes (cached per secret)."""
     return secret.encode()
 
 
@@ -120,15 +185,7 @@ def _verify_standard(
                if not value]
     if missing:
         raise SignatureError(f"missing header: {', '.join(missing)}")
-    if not (timestamp.isascii() and timestamp.isdigit()):
-        raise SignatureError("webhook-timestamp is not an integer (unix seconds)")
-    # very long digit strings are far outside any tolerance; int() would refuse over 4300 digits
-    age = now - (int(timestamp) if len(timestamp) <= 20 else math.inf)
-    if abs(age) > tolerance:
-        direction = "too old" if age > 0 else "too new"
-        raise SignatureError(
-            f"timestamp outside the {_describe(tolerance)} tolerance ({direction})")
-
+    unix_seconds(TIMESTAMP_HEADER, timestamp, now, tolerance)
     presented = _presented_v1(headers[SIGNATURE_HEADER])
     if not presented:
         raise SignatureError("webhook-signature has no v1,<base64> entry")

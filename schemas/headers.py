@@ -16,6 +16,8 @@ class Header:
     # the sender's id of a payload (a webhook-id, a parent row's lineage): the map role skips a
     # repeat of it within the dedup window
     DEDUP_ID = "dashpipe-dedup-id"
+    # the sender's name of the event a webhook reports (X-GitHub-Event, a Stripe event type, ...)
+    EVENT = "dashpipe-event"
     CONTENT_TYPE = "content-type"
     URL = "dashpipe-url"
     HTTP_STATUS = "dashpipe-http-status"

@@ -32,6 +32,7 @@ RAW_HEADERS: dict[str, str] = {
     "http_status": Header.HTTP_STATUS,
     "schema_version": Header.SCHEMA_VERSION,
     "dedup_id": Header.DEDUP_ID,
+    "event": Header.EVENT,
 }
 
 
@@ -60,6 +61,9 @@ class RawMetadata(_Record):
         default=None, description="the sender's id of this payload (a Standard Webhooks "
         "webhook-id, a parent row's lineage): a repeat of it for the same pipeline within the "
         "dedup window is kept in Bronze but not mapped again")
+    event: str | None = Field(
+        default=None, description="the webhook sender's event name: X-GitHub-Event, "
+        "X-Shopify-Topic, a Stripe or Slack event type, a Meta object")
 
     @field_validator("received_at")
     @classmethod
@@ -70,7 +74,8 @@ class RawMetadata(_Record):
     def to_headers(self) -> list[tuple[str, bytes]]:
         return raw_headers(self.pipeline_id, self.team_id, self.source,
                            int(self.received_at.timestamp() * 1000), self.ingest_id,
-                           self.content_type, self.url, self.http_status, self.dedup_id)
+                           self.content_type, self.url, self.http_status, self.dedup_id,
+                           self.event)
 
     @classmethod
     def from_headers(cls, headers: Any) -> RawMetadata:
@@ -153,8 +158,8 @@ def dead_letter(stage: str, reason: str, pipeline_id: str, team_id: str, lineage
 
 def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, ingest_id: str,
                 content_type: str = "application/json", url: str | None = None,
-                http_status: int | None = None, dedup_id: str | None = None
-                ) -> list[tuple[str, bytes]]:
+                http_status: int | None = None, dedup_id: str | None = None,
+                event: str | None = None) -> list[tuple[str, bytes]]:
     """The Kafka headers of a Bronze record (what `RawMetadata.to_headers` gives), built
     without a model: this runs once per received payload."""
     seconds, millis = divmod(received_ms, 1000)
@@ -172,6 +177,8 @@ def raw_headers(pipeline_id: str, team_id: str, source: str, received_ms: int, i
         out.append((Header.HTTP_STATUS, str(http_status).encode()))
     if dedup_id is not None:
         out.append((Header.DEDUP_ID, dedup_id.encode()))
+    if event is not None:
+        out.append((Header.EVENT, event.encode()))
     out.append(_SCHEMA_VERSION_HEADER)
     return out
 

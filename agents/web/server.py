@@ -59,6 +59,7 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard, members: Member
                                            rt.settings.web.webhooks_retry_after_seconds,
                                            rt.metrics)  # one count for both webhook paths
     app.router.add_post("/webhooks/{pipeline_id}", admission.guard(receiver.handle))
+    app.router.add_get("/webhooks/{pipeline_id}", receiver.handshake)  # Meta's subscription check
     app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body,
                                          board.routes() + Replays(rt).routes()))
     app.router.add_get("/", page)

@@ -27,6 +27,17 @@ def test_absent_optional_metadata_is_not_a_header() -> None:
     meta = RawMetadata(pipeline_id="p", team_id="t", source="webhook",
                        received_at=datetime.now(UTC), ingest_id="i")
     assert "dashpipe-url" not in dict(meta.to_headers())
+    assert "dashpipe-event" not in dict(meta.to_headers())
+
+
+def test_a_webhooks_delivery_id_and_event_round_trip_through_headers() -> None:
+    meta = RawMetadata(pipeline_id="p", team_id="t", source="webhook",
+                       received_at=datetime(2026, 1, 2, tzinfo=UTC), ingest_id="evt_1",
+                       dedup_id="evt_1", event="invoice.paid")
+    headers = dict(meta.to_headers())
+    assert (headers["dashpipe-dedup-id"], headers["dashpipe-event"]) == (b"evt_1",
+                                                                         b"invoice.paid")
+    assert RawMetadata.from_headers(meta.to_headers()) == meta
 
 
 def test_transformed_record_requires_lineage() -> None:
