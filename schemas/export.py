@@ -12,6 +12,7 @@ import orjson
 from pydantic import BaseModel
 
 from schemas.mapping import Mapping
+from schemas.pagination import Pagination
 from schemas.pipeline import Pipeline, PipelineStatus
 from schemas.records import DeadLetter, DeadLetterResolution, RawMetadata, TransformedRecord
 
@@ -25,6 +26,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "pipeline": Pipeline,
     "pipeline-status": PipelineStatus,
     "mapping": Mapping,
+    "pagination": Pagination,  # source_config.pagination of http_api and graphql sources
 }
 
 

@@ -31,6 +31,7 @@ from pydantic_core.core_schema import ErrorType
 
 from schemas.jsonpath import compile_path
 from schemas.mapping import Mapping
+from schemas.pagination import Pagination, body_path_problem
 
 PipelineType = Literal["polling", "realtime", "derived"]
 SourceType = Literal["http_api", "graphql", "webhook", "pipeline"]
@@ -42,7 +43,8 @@ SOURCES_BY_TYPE: dict[str, set[str]] = {
     "derived": {"pipeline"},
 }
 MASK = "***"
-SECRET_KEYS = frozenset({"token", "api_key", "password", "webhook_secret", "secret"})
+SECRET_KEYS = frozenset({"token", "api_key", "password", "webhook_secret", "secret",
+                         "verify_token"})
 SECRET_HEADER_WORDS = ("authorization", "token", "key", "secret", "cookie", "signature")
 
 
@@ -67,25 +69,6 @@ PollMethod = Annotated[Literal["GET", "POST", "PUT", "PATCH"], BeforeValidator(_
 SinkMethod = Annotated[Literal["POST", "PUT", "PATCH"], BeforeValidator(_upper),
                        WithJsonSchema({"type": "string", "enum": [
                            "POST", "PUT", "PATCH", "post", "put", "patch"]})]
-
-
-class Pagination(_Config):
-    """Follow pages inside one poll: a next cursor (sent as `param`) or a next link (a URL)."""
-
-    type: Literal["cursor", "link"] = "cursor"
-    next_path: str = Field(min_length=1, description="JSON path of the next cursor or link")
-    param: str | None = Field(default=None, description="query param (http_api) or variable "
-                                                        "(graphql) that carries the cursor")
-    max_pages: int = Field(default=10, ge=1, le=1000)
-
-    _path = field_validator("next_path")(lambda cls, v: _valid_path(v))
-
-    @model_validator(mode="after")
-    def _cursor_needs_param(self) -> Pagination:
-        if self.type == "cursor" and not self.param:
-            raise ValueError("param is required for cursor pagination: the query param or "
-                             "variable that carries the next cursor")
-        return self
 
 
 class IncrementalCursor(_Config):
@@ -125,6 +108,12 @@ class HttpApiSource(_Auth):
     pagination: Pagination | None = None
     cursor: IncrementalCursor | None = None
 
+    @model_validator(mode="after")
+    def _body_path_fits(self) -> HttpApiSource:
+        if (problem := body_path_problem(self.pagination, self.body, graphql=False)):
+            raise ValueError(problem)
+        return self
+
 
 class GraphQLSource(_Auth):
     url: str = Field(pattern=r"^https?://")
@@ -133,22 +122,47 @@ class GraphQLSource(_Auth):
     pagination: Pagination | None = None
     cursor: IncrementalCursor | None = None
 
+    @model_validator(mode="after")
+    def _body_path_fits(self) -> GraphQLSource:
+        if (problem := body_path_problem(self.pagination, None, graphql=True)):
+            raise ValueError(problem)
+        return self
+
+
+WebhookScheme = Literal["auto", "original", "standard", "github", "meta", "stripe", "shopify",
+                        "slack"]
+
 
 class WebhookSource(_Config):
+    """A webhook receiver's checks: the signature `scheme` (docs/configuration.md lists each
+    one's headers, and the delivery id and event name it takes), its secrets, and the token
+    that answers Meta's subscription check."""
+
     webhook_secret: str | list[str] = Field(description="one secret, or several for rotation")
+    scheme: WebhookScheme = Field(
+        default="auto", description="how requests are signed: auto (Standard Webhooks when "
+        "webhook-signature is sent, else x-webhook-signature), original, standard, github, "
+        "meta, stripe, shopify, slack")
+    verify_token: str | None = Field(
+        default=None, min_length=1, description="answers Meta's GET subscription check "
+        "(hub.verify_token) when it matches; write-only, like the secrets")
 
     @model_validator(mode="after")
     def _usable(self) -> WebhookSource:
         if not self.secrets() or not all(self.secrets()):
             raise ValueError("webhook_secret must be a non-empty string or list of strings")
         for i, secret in enumerate(self.secrets()):
-            if secret.startswith("whsec_"):
+            # only Standard Webhooks decodes what follows whsec_; Stripe's whsec_ secrets
+            # are keys as written
+            if secret.startswith("whsec_") and self.scheme in ("auto", "standard"):
+                encoded = secret.removeprefix("whsec_")
                 try:
-                    encoded = secret.removeprefix("whsec_")
-                    base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+                    key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
                 except ValueError:
+                    key = b""
+                if not key:
                     raise ValueError(f"webhook_secret[{i}]: a whsec_ secret must be base64 "
-                                     "after the prefix") from None
+                                     f"after the prefix (scheme {self.scheme} decodes it)")
         return self
 
     def secrets(self) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
@@ -20,6 +20,7 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from agents.ingest.sources.pages import NOTHING, Pager, PageShapeError, with_value
 from dashpipe import egress, jsonio
 from dashpipe.errors import ConfigError, DashpipeError
 from dashpipe.http import request_headers, retry_after
@@ -35,6 +36,8 @@ class Page:
     status: int
     url: str  # the URL fetched (with its query string)
     content_type: str
+    # the response headers (a copy): header_link and header_cursor pagination read them
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -72,16 +75,17 @@ class PageRequest(NamedTuple):
 NO_BODY: Any = object()
 Build = Callable[[dict[str, Any], bool], PageRequest]
 """`build(carried, following_link)`: the request for a page; `carried` maps the incremental
-and page cursor params (or variables) to their values; `following_link` is true once the URL
-comes from a `link` pagination."""
+cursor and the page params (cursor, offset, page, limit) to their values, as query params
+or variables; `following_link` is true once the URL is a link the server gave."""
 Check = Callable[[Any], None]
 """Raises `SourceError` when a parsed answer reports a failure (GraphQL `errors`)."""
 
 
 async def fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
                       build: Build, check: Check | None = None) -> FetchResult:
-    """One poll: the first request carries the incremental cursor, pages are followed up to
-    `max_pages`, and the new cursor is read from the last page that has one."""
+    """One poll: the first request carries the incremental cursor, pages are followed as the
+    pagination says (`pages.Pager`), and the new cursor is read from the last page that has
+    one."""
     try:
         return await _fetch_pages(config, cursor, session, build, check)
     except SourceError as exc:
@@ -93,23 +97,23 @@ async def fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
 
 async def _fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
                        build: Build, check: Check | None) -> FetchResult:
-    pagination, incremental = config.pagination, config.cursor
-    next_path = _path(pagination.next_path, "pagination.next_path") if pagination else None
+    incremental = config.cursor
     cursor_path = _path(incremental.path, "cursor.path") if incremental else None
-    if pagination is not None and pagination.type == "cursor" and not pagination.param:
-        raise ConfigError("source_config.pagination.param is required for cursor pagination")
     carried: dict[str, Any] = {}
     start = cursor if cursor is not None or incremental is None else incremental.initial
     if incremental is not None and start is not None:
         carried[incremental.param] = start
     headers = request_headers(config)
     timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
-    url, following_link, new_cursor = URL(config.url), False, cursor
+    pager = Pager(config.pagination, URL(config.url))
+    new_cursor = cursor
     pages: list[Page] = []
-    max_pages = pagination.max_pages if pagination else 1
     while True:
-        request = build(carried, following_link)
-        page = await fetch_page(session, request, url, headers, timeout)
+        request = build(carried | pager.params, pager.following_link)
+        if pager.body_keys is not None and pager.body_value is not NOTHING:
+            request = request._replace(json=with_value(request.json, pager.body_keys,
+                                                       pager.body_value))
+        page = await fetch_page(session, request, pager.url, headers, timeout)
         doc = parse_json(page.body)
         if check is not None:
             check(doc)
@@ -118,24 +122,11 @@ async def _fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
             value = cursor_path.get(doc)
             if value is not MISSING and value is not None:
                 new_cursor = value
-        if next_path is None or pagination is None or len(pages) >= max_pages:
-            break
-        nxt = next_path.get(doc)
-        if not _usable(nxt):
-            break
-        if pagination.type == "cursor":
-            assert pagination.param is not None
-            if carried.get(pagination.param) == nxt:
-                log.warning("next cursor repeats the current one; stopping at page %d",
-                            len(pages))
+        try:
+            if not pager.advance(doc, page.url, page.headers):
                 break
-            carried[pagination.param] = nxt
-        else:
-            link = URL(page.url).join(URL(str(nxt)))
-            if link == URL(page.url):
-                log.warning("next link repeats the current URL; stopping at page %d", len(pages))
-                break
-            url, following_link = link, True
+        except PageShapeError as exc:
+            raise SourceError(str(exc)) from None
     return FetchResult(pages=pages, cursor=new_cursor)
 
 
@@ -156,6 +147,7 @@ async def fetch_page(session: aiohttp.ClientSession, request: PageRequest, url: 
             status = resp.status
             answered = str(resp.url)
             content_type = resp.headers.get("Content-Type", "application/octet-stream")
+            answer_headers = CIMultiDict(resp.headers)
             after = resp.headers.get("Retry-After") if status in (429, 503) else None
     except TimeoutError:
         raise SourceError(f"timeout after {timeout.total:g}s") from None
@@ -165,7 +157,8 @@ async def fetch_page(session: aiohttp.ClientSession, request: PageRequest, url: 
               status, len(body), time.monotonic() - started)
     if not 200 <= status < 300:
         raise SourceError(f"HTTP {status}", status=status, retry_after=retry_after(after))
-    return Page(body=body, status=status, url=answered, content_type=content_type)
+    return Page(body=body, status=status, url=answered, content_type=content_type,
+                headers=answer_headers)
 
 
 def parse_json(body: bytes) -> Any:
@@ -209,11 +202,6 @@ def _path(path: str, field: str) -> JsonPath:
         return _compiled(path)
     except ValueError as exc:
         raise ConfigError(f"source_config.{field}: {exc}") from None
-
-
-def _usable(nxt: Any) -> bool:
-    """A next cursor or link worth following: a non-empty string or a number."""
-    return isinstance(nxt, str | int | float) and not isinstance(nxt, bool) and nxt != ""
 
 
 def _reason(exc: aiohttp.ClientError) -> str:

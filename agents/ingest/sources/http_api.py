@@ -11,8 +11,10 @@ from schemas.pipeline import HttpApiSource
 
 
 class HttpApi:
-    """`config.params` plus the carried cursors as query params on every request; once a
-    `link` pagination gives the URL, the link is fetched as it is (its query is the server's)."""
+    """`config.params` plus the carried cursors as query params on every request (a
+    `body_path` pagination sets its value in the body instead: `base.fetch_pages`); once a
+    link pagination gives the URL (`link`, `header_link`, `auto`), the link is fetched as it
+    is (its query is the server's)."""
 
     async def fetch(self, config: HttpApiSource, cursor: Any,
                     session: aiohttp.ClientSession) -> FetchResult:
