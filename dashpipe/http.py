@@ -45,13 +45,14 @@ def retry_after(value: str | None) -> float | None:
 
 
 def request_headers(config: Any) -> CIMultiDict[str]:
-    """Config headers, then the auth header (which wins over a config header of the same name).
+    """Config headers, then the auth header (which wins over a config header of the same name);
+    an API key sent in the query and an OAuth2 token are the poll source's to add.
     Basic credentials are encoded here as UTF-8 (RFC 7617), as `aiohttp.BasicAuth` would for
     ASCII; its `auth=` parameter is deprecated in aiohttp 3.14."""
     headers: CIMultiDict[str] = CIMultiDict(config.headers)
     if config.auth_type == "bearer":
         headers["Authorization"] = f"Bearer {config.token}"
-    elif config.auth_type == "api_key":
+    elif config.auth_type == "api_key" and getattr(config, "api_key_in", "header") == "header":
         headers[config.api_key_header] = str(config.api_key)
     elif config.auth_type == "basic":
         pair = f"{config.username}:{config.password}".encode()

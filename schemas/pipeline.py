@@ -44,7 +44,7 @@ SOURCES_BY_TYPE: dict[str, set[str]] = {
 }
 MASK = "***"
 SECRET_KEYS = frozenset({"token", "api_key", "password", "webhook_secret", "secret",
-                         "verify_token"})
+                         "verify_token", "client_secret"})
 SECRET_HEADER_WORDS = ("authorization", "token", "key", "secret", "cookie", "signature")
 
 
@@ -82,18 +82,33 @@ class IncrementalCursor(_Config):
 
 
 class _Auth(_Config):
-    auth_type: Literal["none", "bearer", "api_key", "basic"] = "none"
+    auth_type: Literal["none", "bearer", "api_key", "basic",
+                       "oauth2_client_credentials"] = "none"
     token: str | None = None
+    api_key_in: Literal["header", "query"] = Field(
+        default="header", description="where the API key goes: the header `api_key_header` "
+        "or the query parameter `api_key_param`")
     api_key_header: str = "X-API-Key"
+    api_key_param: str = Field(default="api_key", min_length=1)
     api_key: str | None = None
     username: str | None = None
     password: str | None = None
+    token_url: str | None = Field(default=None, pattern=r"^https?://",
+                                  description="OAuth2 token endpoint (client credentials)")
+    client_id: str | None = None
+    client_secret: str | None = None
+    client_auth: Literal["basic", "body"] = Field(
+        default="basic", description="how the client authenticates to the token endpoint: "
+        "HTTP Basic (RFC 6749 2.3.1) or client_id/client_secret in the form body")
+    scope: str | None = None
+    audience: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
 
     @model_validator(mode="after")
     def _auth_complete(self) -> _Auth:
-        need = {"bearer": ["token"], "api_key": ["api_key"], "basic": ["username", "password"]}
+        need = {"bearer": ["token"], "api_key": ["api_key"], "basic": ["username", "password"],
+                "oauth2_client_credentials": ["token_url", "client_id", "client_secret"]}
         for name in need.get(self.auth_type, []):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required when auth_type is {self.auth_type!r}")
@@ -212,6 +227,16 @@ class HttpApiSink(_SinkCommon, _Auth):
     body_template: Any = None
     batching: Batching = Field(default_factory=Batching)
     timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _sink_auth(self) -> HttpApiSink:
+        if self.auth_type == "oauth2_client_credentials":
+            raise ValueError("auth_type 'oauth2_client_credentials' is for poll sources; a "
+                             "sink takes none, bearer, api_key or basic")
+        if self.auth_type == "api_key" and self.api_key_in == "query":
+            raise ValueError("api_key_in 'query' is for poll sources; a sink sends the key "
+                             "in api_key_header")
+        return self
 
 
 SINK_MODELS: dict[str, type[BaseModel]] = {"webhook": WebhookSink, "http_api": HttpApiSink}

@@ -197,7 +197,8 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
                 received = now()
                 meta = RawMetadata(pipeline_id=p.id, team_id=p.team_id, source="poll",
                                    received_at=received, ingest_id=uuid.uuid4().hex,
-                                   content_type=page.content_type, url=_public_url(page.url),
+                                   content_type=page.content_type,
+                                   url=_public_url(page.url, _key_param(p)),
                                    http_status=page.status)
                 await producer.send(rt.names.raw, page.body, key=p.id.encode(),
                                     headers=meta.to_headers(),
@@ -217,12 +218,21 @@ def _due_at(p: Pipeline, st: PipelineStatus) -> datetime:
     return st.next_due_at
 
 
-def _public_url(url: str) -> str:
-    """The URL without user info, and with query values named like credentials masked:
-    secrets never go into record metadata."""
+def _key_param(p: Pipeline) -> str | None:
+    """The query parameter that carries the source's API key, if it goes in the query."""
+    source = p.source_config
+    if getattr(source, "auth_type", None) == "api_key" and \
+            getattr(source, "api_key_in", None) == "query":
+        return str(getattr(source, "api_key_param", ""))
+    return None
+
+
+def _public_url(url: str, key_param: str | None = None) -> str:
+    """The URL without user info, and with the API key's parameter and query values named
+    like credentials masked: secrets never go into record metadata."""
     parsed = URL(url).with_user(None)
-    query = [(k, MASK if any(w in k.lower() for w in SECRET_HEADER_WORDS) else v)
-             for k, v in parsed.query.items()]
+    query = [(k, MASK if k == key_param or any(w in k.lower() for w in SECRET_HEADER_WORDS)
+              else v) for k, v in parsed.query.items()]
     return str(parsed.with_query(query) if query else parsed)
 
 

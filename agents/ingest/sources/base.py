@@ -20,6 +20,8 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from agents.ingest.sources.hosts import HostBusy, Hosts
+from agents.ingest.sources.oauth2 import TokenError, Tokens
 from agents.ingest.sources.pages import NOTHING, Pager, PageShapeError, with_value
 from dashpipe import egress, jsonio
 from dashpipe.errors import ConfigError, DashpipeError
@@ -28,6 +30,12 @@ from schemas.jsonpath import MISSING, JsonPath, compile_path
 from schemas.pipeline import MASK, SECRET_HEADER_WORDS
 
 log = logging.getLogger(__name__)
+
+# what a poll process shares between its pipelines: OAuth2 tokens by client, request budgets
+# by host (see their modules for why per process is correct)
+TOKENS = Tokens()
+HOSTS = Hosts()
+OAUTH2 = "oauth2_client_credentials"
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,8 @@ async def fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
     try:
         return await _fetch_pages(config, cursor, session, build, check)
     except SourceError as exc:
-        clean = scrub(exc.message, secrets(config))
+        token = TOKENS.current(config) if config.auth_type == OAUTH2 else None
+        clean = scrub(exc.message, secrets(config) + ([token] if token else []))
         if clean == exc.message:
             raise
         raise SourceError(clean, retry_after=exc.retry_after, status=exc.status) from None
@@ -104,6 +113,11 @@ async def _fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
     if incremental is not None and start is not None:
         carried[incremental.param] = start
     headers = request_headers(config)
+    if config.auth_type == OAUTH2:
+        headers["Authorization"] = f"Bearer {await _token(config, session)}"
+    key_param = config.api_key_param if config.auth_type == "api_key" and \
+        config.api_key_in == "query" else None
+    refreshed = False
     timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
     pager = Pager(config.pagination, URL(config.url))
     new_cursor = cursor
@@ -113,7 +127,22 @@ async def _fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
         if pager.body_keys is not None and pager.body_value is not NOTHING:
             request = request._replace(json=with_value(request.json, pager.body_keys,
                                                        pager.body_value))
-        page = await fetch_page(session, request, pager.url, headers, timeout)
+        url = pager.url
+        if key_param is not None:  # on every request, links the server gives included
+            if request.params is not None or not pager.following_link:
+                request = request._replace(params={**(request.params or {}),
+                                                   key_param: str(config.api_key)})
+            else:
+                url = url.update_query({key_param: str(config.api_key)})
+        try:
+            page = await fetch_page(session, request, url, headers, timeout)
+        except SourceError as exc:
+            if exc.status != 401 or config.auth_type != OAUTH2 or refreshed:
+                raise
+            refreshed = True  # once per poll: a token the API refuses twice is not the cause
+            used = headers["Authorization"].removeprefix("Bearer ")
+            headers["Authorization"] = f"Bearer {await _token(config, session, used)}"
+            page = await fetch_page(session, request, url, headers, timeout)
         doc = parse_json(page.body)
         if check is not None:
             check(doc)
@@ -130,9 +159,20 @@ async def _fetch_pages(config: Any, cursor: Any, session: aiohttp.ClientSession,
     return FetchResult(pages=pages, cursor=new_cursor)
 
 
+async def _token(config: Any, session: aiohttp.ClientSession, refused: str | None = None
+                 ) -> str:
+    try:
+        return await TOKENS.token(config, session, refresh=refused)
+    except TokenError as exc:
+        raise SourceError(str(exc)) from None
+
+
 async def fetch_page(session: aiohttp.ClientSession, request: PageRequest, url: URL,
-                     headers: CIMultiDict[str], timeout: aiohttp.ClientTimeout) -> Page:
-    """One request; a 2xx answer becomes a `Page` with its body untouched."""
+                     headers: CIMultiDict[str], timeout: aiohttp.ClientTimeout,
+                     hosts: Hosts | None = None) -> Page:
+    """One request; a 2xx answer becomes a `Page` with its body untouched. The host's budget
+    (`hosts`, else the process's) is waited for first, up to the request's timeout; its
+    answer updates it."""
     options: dict[str, Any] = {"headers": headers, "timeout": timeout}
     if request.params:
         options["params"] = request.params
@@ -140,6 +180,12 @@ async def fetch_page(session: aiohttp.ClientSession, request: PageRequest, url: 
         options["data"] = orjson.dumps(request.json)
         options["headers"] = with_json = CIMultiDict(headers)
         with_json.setdefault("Content-Type", "application/json")
+    hosts = HOSTS if hosts is None else hosts
+    host = str(url.origin())
+    try:
+        await hosts.acquire(host, timeout.total or 0)
+    except HostBusy as exc:
+        raise SourceError(f"{url.host} rate limit: {exc}", retry_after=exc.wait) from None
     started = time.monotonic()
     try:
         async with session.request(request.method, url, **options) as resp:
@@ -148,15 +194,21 @@ async def fetch_page(session: aiohttp.ClientSession, request: PageRequest, url: 
             answered = str(resp.url)
             content_type = resp.headers.get("Content-Type", "application/octet-stream")
             answer_headers = CIMultiDict(resp.headers)
-            after = resp.headers.get("Retry-After") if status in (429, 503) else None
     except TimeoutError:
+        hosts.forget(host)
         raise SourceError(f"timeout after {timeout.total:g}s") from None
     except aiohttp.ClientError as exc:
+        hosts.forget(host)
         raise SourceError(f"connection failed: {_reason(exc)}") from None
+    except BaseException:  # cancelled (the partition moved): no answer to count
+        hosts.forget(host)
+        raise
+    delay = retry_after(answer_headers.get("Retry-After")) if status in (429, 503) else None
+    hosts.release(host, status, answer_headers, delay)
     log.debug("%s %s%s -> %d, %d bytes in %.3fs", request.method, url.origin(), url.path,
               status, len(body), time.monotonic() - started)
     if not 200 <= status < 300:
-        raise SourceError(f"HTTP {status}", status=status, retry_after=retry_after(after))
+        raise SourceError(f"HTTP {status}", status=status, retry_after=delay)
     return Page(body=body, status=status, url=answered, content_type=content_type,
                 headers=answer_headers)
 
@@ -180,7 +232,8 @@ def query_value(value: Any) -> str:
 
 def secrets(config: Any) -> list[str]:
     """Every secret the config holds: token, key, password, credential-like header values."""
-    found = [getattr(config, name, None) for name in ("token", "api_key", "password")]
+    found = [getattr(config, name, None)
+             for name in ("token", "api_key", "password", "client_secret")]
     found += [v for k, v in config.headers.items()
               if any(word in k.lower() for word in SECRET_HEADER_WORDS)]
     return [s for s in found if isinstance(s, str) and len(s) >= 3]
