@@ -28,13 +28,13 @@ import hmac
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from dashpipe.errors import ConfigError
 from dashpipe.signatures import (
     DEFAULT_TOLERANCE,
     SignatureError,
     Verified,
     case_insensitive,
     hmac_sha256,
+    require_secrets,
     unix_seconds,
     utf8_key,
     verify,
@@ -77,7 +77,7 @@ def verify_meta(secrets: Sequence[str], headers: Mapping[str, str], body: bytes,
 def verify_stripe(secrets: Sequence[str], headers: Mapping[str, str], body: bytes, *,
                   now: float, tolerance: float = DEFAULT_TOLERANCE) -> Verified:
     """Stripe's `Stripe-Signature`; id and event come from the body (`identify`)."""
-    _require(secrets)
+    require_secrets(secrets)
     header = case_insensitive(headers).get(STRIPE_SIGNATURE)
     if header is None:
         raise SignatureError("missing signature: send Stripe-Signature")
@@ -93,19 +93,15 @@ def verify_stripe(secrets: Sequence[str], headers: Mapping[str, str], body: byte
     signed_at = unix_seconds("Stripe-Signature t", stamp, now, tolerance)
     if not presented:
         raise SignatureError("Stripe-Signature has no v1=<hex> signature")
-    prefix = b"%d." % signed_at  # what Stripe signs: the timestamp as an integer
-    for secret in secrets:
-        expected = hmac_sha256(utf8_key(secret), prefix, body)
-        # every comparison made, each constant-time: the matching entry's place does not show
-        if any([hmac.compare_digest(expected, candidate) for candidate in presented]):
-            return _STRIPE
+    if _signed(secrets, presented, b"%d." % signed_at, body):  # Stripe signs t as an integer
+        return _STRIPE
     raise SignatureError("signature does not match")
 
 
 def verify_shopify(secrets: Sequence[str], headers: Mapping[str, str], body: bytes, *,
                    now: float, tolerance: float = DEFAULT_TOLERANCE) -> Verified:
     """Shopify's `X-Shopify-Hmac-Sha256`; no timestamp, so `now` and `tolerance` are unused."""
-    _require(secrets)
+    require_secrets(secrets)
     lowered = case_insensitive(headers)
     given = lowered.get(SHOPIFY_HMAC)
     if given is None:
@@ -114,10 +110,8 @@ def verify_shopify(secrets: Sequence[str], headers: Mapping[str, str], body: byt
         presented = base64.b64decode(given.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise SignatureError("X-Shopify-Hmac-Sha256 is not base64") from None
-    for secret in secrets:
-        if hmac.compare_digest(hmac_sha256(utf8_key(secret), body), presented):
-            return Verified("shopify", _header(lowered, SHOPIFY_ID),
-                            _header(lowered, SHOPIFY_TOPIC))
+    if _signed(secrets, [presented], body):
+        return Verified("shopify", _header(lowered, SHOPIFY_ID), _header(lowered, SHOPIFY_TOPIC))
     raise SignatureError("signature does not match")
 
 
@@ -125,7 +119,7 @@ def verify_slack(secrets: Sequence[str], headers: Mapping[str, str], body: bytes
                  now: float, tolerance: float = DEFAULT_TOLERANCE) -> Verified:
     """Slack's `X-Slack-Signature` and `X-Slack-Request-Timestamp`; id and event come from
     the body (`identify`)."""
-    _require(secrets)
+    require_secrets(secrets)
     lowered = case_insensitive(headers)
     given, stamp = lowered.get(SLACK_SIGNATURE), lowered.get(SLACK_TIMESTAMP)
     if given is None:
@@ -137,10 +131,8 @@ def verify_slack(secrets: Sequence[str], headers: Mapping[str, str], body: bytes
     presented = _unhex(hexdigest) if version == "v0" else None
     if presented is None:
         raise SignatureError("X-Slack-Signature is not v0=<hex>")
-    prefix = b"v0:%s:" % stamp.encode()  # the timestamp as sent
-    for secret in secrets:
-        if hmac.compare_digest(hmac_sha256(utf8_key(secret), prefix, body), presented):
-            return _SLACK
+    if _signed(secrets, [presented], b"v0:%s:" % stamp.encode(), body):  # the stamp as sent
+        return _SLACK
     raise SignatureError("signature does not match")
 
 
@@ -197,7 +189,7 @@ _SLACK = Verified("slack", None)
 
 
 def _hub_signature(secrets: Sequence[str], headers: Mapping[str, str], body: bytes) -> None:
-    _require(secrets)
+    require_secrets(secrets)
     given = headers.get(HUB_SIGNATURE)
     if given is None:
         raise SignatureError("missing signature: send X-Hub-Signature-256")
@@ -205,15 +197,15 @@ def _hub_signature(secrets: Sequence[str], headers: Mapping[str, str], body: byt
     presented = _unhex(hexdigest) if algorithm == "sha256" else None
     if presented is None:
         raise SignatureError("X-Hub-Signature-256 is not sha256=<hex>")
-    for secret in secrets:
-        if hmac.compare_digest(hmac_sha256(utf8_key(secret), body), presented):
-            return
-    raise SignatureError("signature does not match")
+    if not _signed(secrets, [presented], body):
+        raise SignatureError("signature does not match")
 
 
-def _require(secrets: Sequence[str]) -> None:
-    if not secrets:
-        raise ConfigError("no webhook secret configured")
+def _signed(secrets: Sequence[str], presented: Sequence[bytes], *parts: bytes) -> bool:
+    """Whether any secret's HMAC-SHA256 of `parts` (keyed as written) is a presented digest;
+    every comparison is made, each constant-time, so where a match is does not show."""
+    return any([hmac.compare_digest(hmac_sha256(utf8_key(secret), *parts), candidate)
+                for secret in secrets for candidate in presented])
 
 
 def _unhex(text: str) -> bytes | None:

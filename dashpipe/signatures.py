@@ -72,8 +72,7 @@ def verify(
     This is the scheme `auto`: Standard Webhooks when `webhook-signature` is sent, else the
     original scheme.
     """
-    if not secrets:
-        raise ConfigError("no webhook secret configured")
+    require_secrets(secrets)
     lowered = case_insensitive(headers)
     if SIGNATURE_HEADER in lowered:
         return _verify_standard(secrets, lowered, body, now, tolerance)
@@ -93,8 +92,7 @@ def verify_original(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> Verified:
     """The original scheme only (`x-webhook-signature`); `now` and `tolerance` are unused."""
-    if not secrets:
-        raise ConfigError("no webhook secret configured")
+    require_secrets(secrets)
     given = case_insensitive(headers).get(ORIGINAL_HEADER)
     if given is None:
         raise SignatureError("missing signature: send x-webhook-signature")
@@ -110,13 +108,17 @@ def verify_standard(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> Verified:
     """Standard Webhooks only (`webhook-id`, `webhook-timestamp`, `webhook-signature`)."""
-    if not secrets:
-        raise ConfigError("no webhook secret configured")
+    require_secrets(secrets)
     lowered = case_insensitive(headers)
     if SIGNATURE_HEADER not in lowered:
         raise SignatureError(
             "missing signature: send webhook-id/webhook-timestamp/webhook-signature")
     return _verify_standard(secrets, lowered, body, now, tolerance)
+
+
+def require_secrets(secrets: Sequence[str]) -> None:
+    if not secrets:
+        raise ConfigError("no webhook secret configured")
 
 
 def case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:

@@ -175,6 +175,13 @@ def compile_path(path: str) -> JsonPath:
     return JsonPath(path, tuple(steps))
 
 
+def valid_path(path: str) -> str:
+    """`path` unchanged if it compiles (a pydantic field validator); else the `ValueError`
+    naming the position."""
+    compile_path(path)
+    return path
+
+
 def _error(path: str, reason: str, pos: int) -> ValueError:
     return ValueError(f"invalid path {path!r}: {reason} at position {pos}")
 

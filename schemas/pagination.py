@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticUndefined
 
-from schemas.jsonpath import compile_path
+from schemas.jsonpath import compile_path, valid_path
 
 PaginationType = Literal["cursor", "link", "header_link", "header_cursor", "offset", "page",
                          "auto"]
@@ -60,11 +60,6 @@ _WHAT = {
     "page_param": "the query param (http_api) or variable (graphql) that carries the page "
                   "number",
 }
-
-
-def _valid_path(path: str) -> str:
-    compile_path(path)  # raises ValueError naming the position
-    return path
 
 
 class Pagination(BaseModel):
@@ -116,7 +111,7 @@ class Pagination(BaseModel):
     max_pages: int = Field(default=10, ge=1, le=1000, description="pages per poll at most")
 
     _paths = field_validator("next_path", "items_path", "has_more_path", "total_path")(
-        lambda cls, v: v if v is None else _valid_path(v))
+        lambda cls, v: v if v is None else valid_path(v))
 
     @field_validator("body_path")
     @classmethod
@@ -157,6 +152,11 @@ def _default(name: str) -> Any:
     return None if default is PydanticUndefined else default
 
 
+def _allowed(kind: str) -> set[str]:
+    """Every field a type may be given: what it needs, accepts, and the common stop rules."""
+    return set(COMMON) | set(ACCEPTS[kind]) | {n for need in NEEDS[kind] for n in need.split("|")}
+
+
 def problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     """(location, message) of each way `data` does not fit its type: a field the type needs
     and lacks, a field it refuses, a choice made twice, a counting type without a stop rule."""
@@ -176,8 +176,7 @@ def problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
         elif other and {first, other} <= given:
             out.append(((), f"{first} and {other} both say where {_CARRIES[first]} goes: "
                             "give one"))
-    allowed = set(COMMON) | set(ACCEPTS[kind]) | {
-        name for need in NEEDS[kind] for name in need.split("|")}
+    allowed = _allowed(kind)
     for name in sorted(given - allowed):
         out.append(((name,), f"{name} does not apply to {kind} pagination"))
     if "limit_param" in given & allowed and "limit" not in given:
@@ -199,7 +198,7 @@ def _rules(schema: dict[str, Any]) -> None:
 
     rules = []
     for kind, needs in NEEDS.items():
-        allowed = set(COMMON) | set(ACCEPTS[kind]) | {n for need in needs for n in need.split("|")}
+        allowed = _allowed(kind)
         then: dict[str, Any] = {"allOf": [given(n) for n in needs if "|" not in n]}
         then["allOf"] += [{"oneOf": [given(a) for a in n.split("|")]} for n in needs if "|" in n]
         if kind in COUNTING:

@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticKnownError
 from pydantic_core.core_schema import ErrorType
 
-from schemas.jsonpath import compile_path
+from schemas.jsonpath import valid_path
 from schemas.mapping import Mapping
 from schemas.pagination import Pagination, body_path_problem
 
@@ -46,11 +46,6 @@ MASK = "***"
 SECRET_KEYS = frozenset({"token", "api_key", "password", "webhook_secret", "secret",
                          "verify_token", "client_secret"})
 SECRET_HEADER_WORDS = ("authorization", "token", "key", "secret", "cookie", "signature")
-
-
-def _valid_path(path: str) -> str:
-    compile_path(path)  # raises ValueError naming the position
-    return path
 
 
 class _Config(BaseModel):
@@ -78,7 +73,7 @@ class IncrementalCursor(_Config):
     param: str = Field(min_length=1, description="query param (http_api) or variable (graphql)")
     initial: str | int | float | None = None
 
-    _path = field_validator("path")(lambda cls, v: _valid_path(v))
+    _path = field_validator("path")(lambda cls, v: valid_path(v))
 
 
 class _Auth(_Config):

@@ -1,11 +1,15 @@
-"""Waiting on conditions with deadlines (never sleeping as synchronisation), and reading topics."""
+"""Waiting on conditions with deadlines (never sleeping as synchronisation), reading topics,
+and serving a fake HTTP API on loopback."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
+
+from aiohttp import web
 
 from dashpipe import kafka
 from dashpipe.settings import Settings
@@ -47,3 +51,15 @@ async def topic_size(settings: Settings, topic: str) -> int:
     async with kafka.started(consumer):
         ends = await consumer.end_offsets(await kafka.partitions(consumer, topic))
         return int(sum(ends.values()))
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` listening on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

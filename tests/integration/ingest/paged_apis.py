@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests import helpers
+
 ISSUES = [1, 2, 3, 4, 5]  # every fake serves five records
 
 
@@ -215,12 +217,5 @@ class PagedApis:
 @asynccontextmanager
 async def serving() -> AsyncIterator[PagedApis]:
     apis = PagedApis()
-    runner = web.AppRunner(apis.app(), shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    apis.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with helpers.serving(apis.app()) as apis.base:
         yield apis
-    finally:
-        await runner.cleanup()

@@ -24,7 +24,7 @@ from agents.ingest.sources.hosts import Hosts
 from agents.ingest.sources.oauth2 import Tokens
 from dashpipe.settings import ADMIN, PollSettings
 from schemas.pipeline import HttpApiSource
-from tests.helpers import wait_until
+from tests.helpers import serving, wait_until
 
 SECRET = "cs-S3CRET/value+1"  # '/' and '+' are form-encoded inside Basic credentials
 KEY = "key-S3CRET-value"
@@ -69,20 +69,11 @@ class Fake:
         return web.json_response({"items": [1, 2], "token": token, "query": dict(request.query)})
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[Fake]:
     state = Fake()
-    runner, state.base = await serve(state.app())
-    yield state
-    await runner.cleanup()
+    async with serving(state.app()) as state.base:
+        yield state
 
 
 class Clock:
@@ -221,13 +212,10 @@ async def test_an_api_key_in_the_query_goes_on_every_request_and_never_in_a_head
 
     app = web.Application()
     app.router.add_get("/p/{n}", page)
-    runner, url = await serve(app)
-    try:
+    async with serving(app) as url:
         await poll({"url": f"{url}/p/1", "params": {"units": "metric"}, "auth_type": "api_key",
                     "api_key_in": "query", "api_key_param": "appid", "api_key": KEY,
                     "pagination": {"type": "link", "next_path": "next"}}, session)
-    finally:
-        await runner.cleanup()
     assert [dict(r.query) for r in seen] == [{"units": "metric", "appid": KEY},
                                              {"x": "1", "appid": KEY}, {"x": "1", "appid": KEY}]
     assert not any(KEY in str(dict(r.headers)) for r in seen)
@@ -280,13 +268,11 @@ async def test_pipelines_sharing_a_host_slow_down_before_the_provider_says_429(
     limited = Limited(allowed=5, window=2.0 if style == "github" else 1.5, style=style)
     app = web.Application()
     app.router.add_get("/items", limited.handle)
-    runner, url = await serve(app)
-    config = {"url": f"{url}/items", "timeout_seconds": 10,
-              "pagination": {"type": "cursor", "next_path": "next", "param": "cursor"}}
-    try:  # three pipelines (two teams' alike: the budget is the host's) of 4 pages each
+    async with serving(app) as url:
+        config = {"url": f"{url}/items", "timeout_seconds": 10,
+                  "pagination": {"type": "cursor", "next_path": "next", "param": "cursor"}}
+        # three pipelines (two teams' alike: the budget is the host's) of 4 pages each
         results = await asyncio.gather(*(poll(config, session) for _ in range(3)))
-    finally:
-        await runner.cleanup()
     assert [len(r.pages) for r in results] == [4, 4, 4]
     assert limited.refused == 0
     assert len(limited.times) == 12
@@ -306,14 +292,11 @@ async def test_a_429_blocks_the_host_for_every_pipeline_of_the_process(
 
     app = web.Application()
     app.router.add_get("/{name}", busy)
-    runner, url = await serve(app)
-    try:
+    async with serving(app) as url:
         with pytest.raises(SourceError) as first:
             await poll({"url": f"{url}/a"}, session)
         with pytest.raises(SourceError) as second:
             await poll({"url": f"{url}/b"}, session)  # another pipeline, same host
-    finally:
-        await runner.cleanup()
     assert str(first.value) == "HTTP 429" and first.value.retry_after == 120
     assert hits == ["/a"]  # the second never reached the host
     assert "rate limit: no request left for" in str(second.value)
