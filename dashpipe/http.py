@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from dashpipe.metrics import CONTENT_TYPE, Metrics
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -58,3 +61,14 @@ def request_headers(config: Any) -> CIMultiDict[str]:
         pair = f"{config.username}:{config.password}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
     return headers
+
+
+def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`GET /metrics`: the Prometheus text exposition of the process's `metrics`."""
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE,
+                                                "X-Content-Type-Options": "nosniff"})
+
+    return handle

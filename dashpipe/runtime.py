@@ -55,8 +55,26 @@ class Runtime:
         """Set once the roles of this process are being stopped; never cleared."""
         return self.service.stopping
 
+    def __post_init__(self) -> None:
+        self.metrics.team_of = self._team_of
+
+    def _team_of(self, pipeline_id: str) -> str | None:
+        p = self.registry.pipelines.get(pipeline_id)
+        return p.team_id if p is not None else None
+
     def group(self, role: str) -> str:
         return f"{self.settings.kafka.group_prefix}-{role}"
+
+    async def not_ready(self) -> str | None:
+        """Why this process should not take traffic now (None: ready): it is stopping, or
+        Kafka does not answer a metadata request within 3 s."""
+        if self.stopping.is_set():  # load balancers drain a process that is going down
+            return "dashpipe is stopping"
+        try:
+            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 3)
+        except Exception as exc:  # any failure here means: not ready
+            return f"Kafka unreachable: {type(exc).__name__}"
+        return None
 
 
 @asynccontextmanager

@@ -35,6 +35,7 @@ from agents.deliver.sinks import SINKS, Attempt, Build, SinkRequest, answered, n
 from agents.deliver.sinks.queue import SinkQueue
 from dashpipe import kafka
 from dashpipe.batcher import BatchSender
+from dashpipe.metrics import Labels, labels_key
 from dashpipe.runtime import Runtime
 from schemas.headers import Header, pipeline_id_header
 from schemas.pipeline import HttpApiSink, Pipeline, SinkStatus
@@ -69,6 +70,8 @@ class Delivery:
     origins: list[Origin] = field(default_factory=list)  # records settled by this delivery
     due: float = 0.0
     body: bytes | None = None  # the one row's JSON as read from the topic
+    # the rows' raw receipt times (ms), until the first success; unknown after a retry topic
+    received: list[int] = field(default_factory=list)
 
     def retry_record(self) -> bytes:
         return retry_record(self.pipeline_id, self.sink_index, self.msg_id, self.rows,
@@ -118,6 +121,7 @@ class _Batch:
     rows: list[dict[str, Any]] = field(default_factory=list)
     origins: list[Origin] = field(default_factory=list)
     size: int = 0
+    received: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -129,8 +133,7 @@ class SinkCounts:
     last_error_at: datetime | None = None
     changed: bool = True
     healthy: bool = True  # the last attempt succeeded
-    seconds: float = 0.0  # total duration of the delivered attempts
-    published: tuple[int, float] = (0, 0.0)  # delivered and seconds already in /metrics
+    published: int = 0  # delivered already in /metrics
 
 
 class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -160,7 +163,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.offsets.forget(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.rt.metrics.inc("dashpipe_deliver_assignments_total")
+        self.rt.metrics.inc("dashpipe_assignments_total", role="deliver")
 
     # --- intake -------------------------------------------------------------------------
     def take(self, tp: TopicPartition, record: Any) -> Awaitable[None] | None:
@@ -204,11 +207,13 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                 batch = self.batches.setdefault((p.id, i), _Batch(time.monotonic()))
                 batch.rows.append(row)
                 batch.origins.append(origin)
+                batch.received.append(record.timestamp)
                 batch.size += len(record.value)
                 batched += 1
                 continue
             out.append(Delivery(p.id, i, [row], message_id(p.id, row["lineage"], i),
-                                origins=[origin], body=record.value))
+                                origins=[origin], body=record.value,
+                                received=[record.timestamp]))
         return out, batched
 
     def _targets(self, p: Pipeline) -> list[Target]:
@@ -239,7 +244,8 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
             del self.batches[(pid, index)]
             first = batch.rows[0]
             msg_id = message_id(pid, first["lineage"], index) + f"-{len(batch.rows)}"
-            await self.submit(Delivery(pid, index, batch.rows, msg_id, origins=batch.origins))
+            await self.submit(Delivery(pid, index, batch.rows, msg_id, origins=batch.origins,
+                                       received=batch.received))
 
     def _hold(self, delivery: Delivery) -> None:
         self._seq += 1
@@ -349,12 +355,26 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
     def _succeeded(self, counts: SinkCounts, delivery: Delivery, seconds: float) -> None:
         counts.healthy = counts.changed = True
         counts.delivered += len(delivery.rows)  # counted into /metrics by `publish`
-        counts.seconds += seconds
+        self._observe(delivery, "delivered", seconds)
+        if delivery.received:
+            now, key = time.time() * 1000, self._labels(delivery)
+            self.rt.metrics.observe_many("dashpipe_raw_to_delivered_seconds", key,
+                                         [(now - t) / 1000 for t in delivery.received])
         for origin in delivery.origins:
             self.offsets.settle(origin)
 
+    def _labels(self, delivery: Delivery, **more: str) -> Labels:
+        return labels_key(pipeline_id=delivery.pipeline_id, sink=str(delivery.sink_index),
+                          **more)
+
+    def _observe(self, delivery: Delivery, outcome: str, seconds: float) -> None:
+        self.rt.metrics.observe_key("dashpipe_sink_attempt_seconds",
+                                    self._labels(delivery, outcome=outcome), seconds)
+
     async def failed(self, p: Pipeline, delivery: Delivery, result: Attempt) -> None:
         counts = self.counts[(p.id, delivery.sink_index)]
+        self._observe(delivery, result.outcome, result.seconds)
+        delivery.received = []  # counted from its first successful delivery only
         delivery.attempts.append(result.record())
         self._error(counts, result)
         if result.outcome == "gone":
@@ -428,11 +448,9 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             c.changed = False
             labels = {"pipeline_id": pid, "sink": str(index)}
-            done, spent = c.delivered - c.published[0], c.seconds - c.published[1]
-            if done:
+            if done := c.delivered - c.published:
                 self.rt.metrics.inc("dashpipe_delivered_total", done, **labels)
-                self.rt.metrics.inc("dashpipe_delivery_seconds_total", spent, **labels)
-            c.published = (c.delivered, c.seconds)
+            c.published = c.delivered
             await self.rt.writer.put_sink_status(SinkStatus(
                 pipeline_id=pid, sink_index=index, process=self.process,
                 delivered=c.delivered, retrying=c.retrying, dead=c.dead,
@@ -454,6 +472,7 @@ async def run_deliverer(rt: Runtime) -> None:
     rt.roles["deliver"] = deliverer
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("deliver"))
     consumer.subscribe([names.transformed, names.retry], listener=deliverer)
+    rt.metrics.track_lag("deliver", consumer)
     last_commit = last_publish = 0.0
     async with kafka.started(consumer):
         try:

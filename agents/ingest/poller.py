@@ -72,6 +72,7 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.txns.close(partition)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.rt.metrics.inc("dashpipe_assignments_total", role="poll")
         partitions = {tp.partition for tp in assigned}
         for partition in set(self.txns.producers) - partitions:
             await self.txns.close(partition)

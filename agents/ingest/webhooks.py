@@ -132,6 +132,7 @@ class Receiver:
         if key is None:
             key = self.labels[pid] = labels_key(pipeline_id=pid)
         self.metrics.add("dashpipe_received_total", key)
+        self.metrics.observe_key("dashpipe_webhook_ack_seconds", key, time.time() - now)
         return json_response({"status": "received", "pipeline_id": pid,
                               "ingest_id": ingest_id}, 202)
 

@@ -34,6 +34,7 @@ from aiokafka import ConsumerRebalanceListener
 from dashpipe import db, kafka, rollups
 from dashpipe.batcher import partition_for, send_records
 from dashpipe.errors import Unavailable
+from dashpipe.metrics import labels_key
 from dashpipe.runtime import Runtime
 from schemas.headers import pipeline_id_header
 from schemas.records import dead_letter
@@ -162,9 +163,12 @@ class Persister:
             known = self._persisting[pipeline_id] = p is not None and p.persist_data
         return known
 
-    def convert(self, records: list[Any], out: list[Row]) -> None:
-        """Append the rows of these records (pipelines with `persist_data`) to `out`."""
+    def convert(self, records: list[Any], out: list[Row],
+                stamps: dict[bytes | None, list[int]] | None = None) -> None:
+        """Append the rows of these records (pipelines with `persist_data`) to `out`, and
+        their records' timestamps (the raw record's receipt) to `stamps` by pipeline."""
         persisting, cached = self.persisting, self._persisting
+        stamps = {} if stamps is None else stamps
         for record in records:
             pid = pipeline_id_header(record.headers)
             keep = cached.get(pid)
@@ -178,6 +182,26 @@ class Persister:
                 self.rt.metrics.inc("dashpipe_persist_unreadable_total")
                 continue
             out.append(row)
+            known = stamps.get(pid)
+            if known is None:
+                stamps[pid] = [record.timestamp]
+            else:
+                known.append(record.timestamp)
+
+    def count_stored(self, stamps: dict[bytes | None, list[int]], refused: list[Any]) -> None:
+        """Count a written batch's rows per pipeline, and how long each took from Bronze."""
+        now = time.time() * 1000
+        not_stored: dict[str, int] = {}
+        for row, _, _ in refused:
+            not_stored[row[2]] = not_stored.get(row[2], 0) + 1
+        metrics = self.rt.metrics
+        for raw, times in stamps.items():
+            pid = raw.decode("utf-8", "replace") if raw is not None else ""
+            key = labels_key(pipeline_id=pid)
+            if n := len(times) - not_stored.get(pid, 0):
+                metrics.add("dashpipe_persisted_total", key, n)
+            metrics.observe_many("dashpipe_raw_to_stored_seconds", key,
+                                 [(now - t) / 1000 for t in times])
 
     async def dead_letters(self, refused: list[tuple[Row, str, str]], batch: Batch) -> None:
         wanted = {identity(row) for row, _, _ in refused}
@@ -208,7 +232,7 @@ class Persister:
 
 class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
     """Commits what is stored before partitions go, and counts assignments, so a rebalance
-    storm shows (`dashpipe_persist_assignments_total`)."""
+    storm shows (`dashpipe_assignments_total{role="persist"}`)."""
 
     def __init__(self, rt: Runtime, persister: Persister, consumer: Any) -> None:
         self.rt, self.persister, self.consumer = rt, persister, consumer
@@ -217,7 +241,7 @@ class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.persister.commit(self.consumer)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.rt.metrics.inc("dashpipe_persist_assignments_total")
+        self.rt.metrics.inc("dashpipe_assignments_total", role="persist")
 
 
 async def run_persist(rt: Runtime) -> None:
@@ -237,6 +261,7 @@ async def run_persist(rt: Runtime) -> None:
             rt.registry.on_change(lambda *_: keeper.changed.set())
         consumer.subscribe([rt.names.transformed],
                            listener=_Assignments(rt, persister, consumer))
+        rt.metrics.track_lag("persist", consumer)
         rt.roles["persist"] = persister
         keeping = asyncio.create_task(persister.rollups.run()) if persister.rollups else None
         try:
@@ -254,6 +279,7 @@ async def run_persist(rt: Runtime) -> None:
 class _Collected:
     records: Batch = field(default_factory=dict)  # every record, for offsets and dead letters
     rows: list[Row] = field(default_factory=list)
+    stamps: dict[bytes | None, list[int]] = field(default_factory=dict)  # by pipeline id
     months: set[tuple[int, int]] = field(default_factory=set)
     size: int = 0  # records
 
@@ -279,7 +305,7 @@ class _Handover:
         added = len(batch.rows)
         for tp, recs in more.items():
             batch.records.setdefault(tp, []).extend(recs)
-            persister.convert(recs, batch.rows)
+            persister.convert(recs, batch.rows, batch.stamps)
             batch.size += len(recs)
         batch.months |= db.months(row[0] for row in batch.rows[added:])
         self._filled.set()
@@ -357,7 +383,7 @@ async def _write_loop(rt: Runtime, consumer: Any, persister: Persister,
         if time.monotonic() - persister.committed_at >= COMMIT_SECONDS:
             await persister.commit(consumer)
         if batch.rows:
-            rt.metrics.inc("dashpipe_persisted_total", len(batch.rows) - len(refused))
+            persister.count_stored(batch.stamps, refused)
 
 
 async def _write_until_stored(writer: Writer, rows: list[Row], months: set[tuple[int, int]],

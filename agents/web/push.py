@@ -124,6 +124,7 @@ class Hub:
         async with kafka.started(consumer):
             tps = await kafka.partitions(consumer, self.rt.names.transformed)
             consumer.assign(tps)
+            self.rt.metrics.track_lag("web", consumer)
             ends = await consumer.end_offsets(tps)
             begins = await consumer.beginning_offsets(tps)
             warm = {tp: max(begins[tp], ends[tp] - WARM_ROWS) for tp in tps}

@@ -68,23 +68,14 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard, members: Member
         return http.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if rt.stopping.is_set():  # load balancers drain a process that is going down
-            return http.error(503, "dashpipe is stopping", {"Retry-After": "5"})
-        try:
-            await asyncio.wait_for(rt.producer.client.fetch_all_metadata(), 3)
-        except Exception as exc:  # any failure here means: not ready
-            return http.error(503, f"Kafka unreachable: {type(exc).__name__}",
-                             {"Retry-After": "5"})
+        if (reason := await rt.not_ready()) is not None:
+            return http.error(503, reason, {"Retry-After": "5"})
         return http.json_response({"status": "ready", "pipelines": len(rt.registry.pipelines),
                                   "storage": await board.describe_storage()})
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=rt.metrics.render(), content_type="text/plain",
-                            headers={"X-Content-Type-Options": "nosniff"})
-
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", http.metrics_handler(rt.metrics))
     app.router.add_route("*", "/{tail:.*}", api.not_found)  # JSON 404 for any other path
     return app, receiver
 

@@ -21,6 +21,7 @@ from agents.deliver.deliverer import run_deliverer
 from agents.ingest.poller import run_poller
 from agents.persist.persister import run_persist
 from agents.web.server import run_web
+from dashpipe import __version__
 from dashpipe.errors import DashpipeError
 from dashpipe.runtime import Runtime
 from dashpipe.settings import Settings
@@ -66,6 +67,7 @@ async def run_roles(rt: Runtime, roles: list[str]) -> None:
     told to stop), it stops every role before it returns. Either way `rt.stopping` is set
     first, so the API answers 503 while the roles stop."""
     tasks: dict[asyncio.Task[None], str] = {}
+    rt.metrics.set("dashpipe_info", 1, version=__version__, roles=",".join(roles))
     for role in roles:
         log.info("role %s ready (group %s)", role, rt.group(role))
         tasks[asyncio.create_task(ROLES[role].main(rt), name=f"role {role}")] = role
@@ -151,19 +153,25 @@ def _secrets_in(value: Any) -> Iterator[str]:
 
 
 async def serve_metrics(rt: Runtime, port: int) -> None:
-    """`/metrics` and `/healthz` of a process that runs no web role (Prometheus scrapes each
-    process: a role's counters live in its own process)."""
+    """`/metrics`, `/healthz` and `/readyz` of a process that runs no web role (Prometheus
+    scrapes each process: a role's counters live in its own process; an orchestrator asks
+    each whether it is ready)."""
     from aiohttp import web
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=rt.metrics.render(), content_type="text/plain")
+    from dashpipe import http
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return http.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if (reason := await rt.not_ready()) is not None:
+            return http.error(503, reason, {"Retry-After": "5"})
+        return http.json_response({"status": "ready", "roles": sorted(rt.roles)})
 
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", http.metrics_handler(rt.metrics))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, rt.settings.web.host, port).start()

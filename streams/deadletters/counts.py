@@ -25,8 +25,10 @@ from schemas.headers import Header
 from schemas.records import DeadLetterResolution, ResolvedLetter
 
 log = logging.getLogger(__name__)
-METRIC = "dashpipe_dead_letters_total"
-RESOLVED_METRIC = "dashpipe_dead_letters_resolved_total"
+# gauges: every web process recounts the topic (after a restart too), so they never add up
+METRIC = "dashpipe_dead_letters"
+RESOLVED_METRIC = "dashpipe_dead_letters_resolved"
+UNRESOLVED_METRIC = "dashpipe_dead_letters_unresolved"
 REDRIVEN = "redriven"  # the stage header of a resolution marker
 
 Position = tuple[int, int]  # (partition, offset) in the dead-letter topic
@@ -69,17 +71,20 @@ class Tally:
 
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, int]] = {}
+        self.written: dict[str, dict[str, int]] = {}  # dead letters, resolved or not
         self.resolved: set[Position] = set()
 
     def of(self, pipeline_id: str) -> dict[str, int]:
         return {stage: n for stage, n in self.counts.get(pipeline_id, {}).items() if n > 0}
 
     def add(self, pipeline_id: str, stage: str, value: bytes | None) -> list[str]:
-        """Fold one record; the stages it added (a dead letter) or resolved (a marker), each
-        once per dead letter, for the metrics."""
+        """Fold one record: a dead letter, or a resolution marker (`value` parsed); the
+        stages it added or resolved, each once per dead letter."""
         per_stage = self.counts.setdefault(pipeline_id, {})
         if stage != REDRIVEN:
             per_stage[stage] = per_stage.get(stage, 0) + 1
+            written = self.written.setdefault(pipeline_id, {})
+            written[stage] = written.get(stage, 0) + 1
             return [stage]
         marker = parse_marker(value)
         done: list[str] = []
@@ -102,11 +107,9 @@ class DeadLetterCounts:
         return self.tally.of(pipeline_id)
 
     async def run(self) -> None:
-        """Count forever; after a Kafka error, start again from the beginning."""
+        """Count forever; after a Kafka error, start again from the beginning (the figures
+        of the last count stay until the new one has caught up)."""
         while True:
-            self.tally = Tally()
-            self.metrics.reset(METRIC)
-            self.metrics.reset(RESOLVED_METRIC)
             try:
                 await self._read()
             except Exception as exc:  # a counter must never take the web role down
@@ -115,20 +118,42 @@ class DeadLetterCounts:
 
     async def _read(self) -> None:
         consumer = kafka.consumer(self.bootstrap, self.ks, group_id=None)
+        fresh = Tally()
         async with kafka.started(consumer):
             tps = await kafka.partitions(consumer, self.topic)
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            behind = {tp for tp in tps if ends[tp] > 0}
+            if not behind:
+                self._publish(fresh)
             while True:
                 batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
-                for records in batch.values():
+                for tp, records in batch.items():
                     for record in records:
-                        self._count(record.key, record.headers, record.value)
+                        self._count(fresh, record.key, record.headers, record.value)
+                    if tp in behind and records[-1].offset + 1 >= ends[tp]:
+                        behind.discard(tp)
+                        if not behind:
+                            self._publish(fresh)
+                if batch and not behind:
+                    self._publish(fresh)
 
-    def _count(self, key: bytes | None, headers: list[tuple[str, bytes]],
+    def _count(self, tally: Tally, key: bytes | None, headers: list[tuple[str, bytes]],
                value: bytes | None = None) -> None:
         stage = stage_of(headers)
         pid = key.decode(errors="replace") if key else "(none)"
-        metric = RESOLVED_METRIC if stage == REDRIVEN else METRIC
-        for counted in self.tally.add(pid, stage, value if stage == REDRIVEN else None):
-            self.metrics.inc(metric, pipeline_id=pid, stage=counted)
+        tally.add(pid, stage, value if stage == REDRIVEN else None)
+
+    def _publish(self, tally: Tally) -> None:
+        """Make `tally` the counts the API and the gauges show."""
+        self.tally = tally
+        for name in (METRIC, RESOLVED_METRIC, UNRESOLVED_METRIC):
+            self.metrics.reset(name)
+        for pid, written in tally.written.items():
+            unresolved = tally.counts.get(pid, {})
+            for stage, n in written.items():
+                left = unresolved.get(stage, 0)
+                self.metrics.set(METRIC, n, pipeline_id=pid, stage=stage)
+                self.metrics.set(RESOLVED_METRIC, n - left, pipeline_id=pid, stage=stage)
+                self.metrics.set(UNRESOLVED_METRIC, left, pipeline_id=pid, stage=stage)

@@ -221,8 +221,8 @@ class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move, lets the batch in flight commit (so the next owner starts where
     this one stopped) and forgets every dedup window (the main loop warms them again)."""
 
-    def __init__(self, dedup: Dedup) -> None:
-        self.dedup = dedup
+    def __init__(self, dedup: Dedup, metrics: Metrics) -> None:
+        self.dedup, self.metrics = dedup, metrics
         self.pending: asyncio.Task[None] | None = None  # the last batch's write and commit
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -235,6 +235,7 @@ class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.dedup.keep({tp.partition for tp in assigned})
+        self.metrics.inc("dashpipe_assignments_total", role="map")
 
 
 REVOKE_WAIT_SECONDS = 10.0
@@ -244,8 +245,9 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
     names = rt.names
     consumer = kafka.consumer(rt.bootstrap, rt.settings.kafka, group_id=rt.group("map"))
     dedup = Dedup(rt.settings.webhook.dedup_seconds)
-    owner = _Owner(dedup)
+    owner = _Owner(dedup, rt.metrics)
     consumer.subscribe([names.raw], listener=owner)
+    rt.metrics.track_lag("map", consumer)
     producer = rt.producer
     async with kafka.started(consumer):
         counts = await kafka.partition_counts(producer, names.raw, names.transformed,

@@ -132,7 +132,7 @@ async def test_a_reset_to_earliest_reprocesses_without_changing_the_database(
 
     async with running(settings, "persist") as again:
         await wait_until(lambda: _lag_is(settings, 0), 30, "persist to catch up again")
-        await wait_until(lambda: again.metrics.value("dashpipe_persisted_total") == 15,
+        await wait_until(lambda: again.metrics.total("dashpipe_persisted_total") == 15,
                          what="every row written once more")
     assert await _rows(db) == before  # not one row changed, not even stored_at
 

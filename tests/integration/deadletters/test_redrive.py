@@ -34,7 +34,7 @@ def counts(rt: Any, pid: str) -> dict[str, int]:
 
 
 def resolved(rt: Any, pid: str, stage: str) -> float:
-    return float(rt.metrics.value("dashpipe_dead_letters_resolved_total", pipeline_id=pid,
+    return float(rt.metrics.value("dashpipe_dead_letters_resolved", pipeline_id=pid,
                                   stage=stage))
 
 

@@ -175,8 +175,11 @@ async def test_metrics_count_received_and_failed(web: Any) -> None:
     await post(web, "counted", body, signed(body, "bad"))
     async with web.get("/metrics") as r:
         text = await r.text()
-    assert 'dashpipe_received_total{pipeline_id="counted"} 1' in text
-    assert 'dashpipe_failed_total{code="401",pipeline_id="counted",stage="webhook"} 1' in text
+    assert 'dashpipe_received_total{pipeline_id="counted",team_id="team-a"} 1.0' in text
+    assert 'dashpipe_failed_total{code="401",pipeline_id="counted",stage="webhook",' \
+        'team_id="team-a"} 1.0' in text
+    assert 'dashpipe_webhook_ack_seconds_count{pipeline_id="counted",team_id="team-a"} 1.0' \
+        in text  # the accepted one only
 
 
 # providers' schemes

@@ -91,8 +91,8 @@ async def test_polled_feed_becomes_rows_with_lineage_and_a_dead_letter(
     view = await wait_until(lambda: (v := rt.service.view(rt.registry.pipelines["quakes"]))
                             ["dead_letters"] and v, what="the dead-letter count")
     assert view["dead_letters"] == {"map": 1} and view["mapping_version"] == 1
-    assert 'dashpipe_dead_letters_total{pipeline_id="quakes",stage="map"} 1' in \
-        rt.metrics.render()
+    assert 'dashpipe_dead_letters{pipeline_id="quakes",stage="map",team_id="team-a"} 1.0' \
+        in rt.metrics.render()  # a gauge: recounted from the topic
 
 
 async def test_bad_payloads_are_dead_letters_and_the_partition_flows_on(
@@ -294,6 +294,7 @@ async def test_a_process_without_web_serves_its_own_metrics(start_roles: Any,
                 text = await r.text()
         except aiohttp.ClientConnectionError:
             return ""
-        return text if 'dashpipe_mapped_total{pipeline_id="counted"} 1' in text else ""
+        return text if 'dashpipe_mapped_total{pipeline_id="counted",team_id="team-a"} 1.0' \
+            in text else ""
 
     assert await wait_until(scraped, what="the map process's metrics")
