@@ -51,5 +51,5 @@ lint: install  ## ruff, mypy, the layer rules (imports point down), and current 
 	$(BIN)/python tests/layers.py
 	$(BIN)/dashpipe schemas check
 
-schemas: install  ## re-export the JSON Schemas in schemas/
+schemas: install  ## re-export the JSON Schemas and the OpenAPI document in schemas/
 	$(BIN)/dashpipe schemas export

@@ -101,17 +101,20 @@ class PipelineService:
 
     def sink_status(self, pipeline_id: str, index: int) -> dict[str, Any]:
         """Delivered / retrying / dead counts of one sink, summed over the deliver processes,
-        and the latest error."""
+        the latest error, and the latest report of a process (sent after its attempts, every
+        `DASHPIPE_DELIVERY_STATUS_SECONDS` at most)."""
         found = [s for s in self.registry.sink_status.values()
                  if s.pipeline_id == pipeline_id and s.sink_index == index]
         latest = max((s for s in found if s.last_error_at), key=lambda s: s.last_error_at
                      or _now(), default=None)
+        attempted = max((s.updated_at for s in found if s.updated_at), default=None)
         return {"delivered": sum(s.delivered for s in found),
                 "retrying": sum(s.retrying for s in found),
                 "dead": sum(s.dead for s in found),
                 "last_error": latest.last_error if latest else None,
                 "last_error_at": latest.last_error_at.isoformat()
-                if latest and latest.last_error_at else None}
+                if latest and latest.last_error_at else None,
+                "last_attempt_at": attempted.isoformat() if attempted else None}
 
     def list(self, team: str) -> list[Pipeline]:
         return sorted((p for p in self.registry.pipelines.values()
@@ -138,7 +141,8 @@ class PipelineService:
             raise Invalid([{"loc": "", "msg": "expected a JSON object"}])
         data = self._owned(data, team)
         data.setdefault("id", "p_" + secrets.token_hex(6))
-        if data["id"] in self.registry.pipelines:
+        # an id that is no string is no key (and no id: parse says so)
+        if isinstance(data["id"], str) and data["id"] in self.registry.pipelines:
             raise Conflict(f"pipeline {data['id']!r} already exists")
         now = _now()
         pipeline = parse({**data, "created_at": now, "updated_at": now,
@@ -160,6 +164,10 @@ class PipelineService:
         old = self.get(pipeline_id, team)
         if not isinstance(patch, dict):
             raise Invalid([{"loc": "", "msg": "expected a JSON object"}])
+        # a null for a field that is no field would remove nothing and pass unnoticed
+        unknown = [k for k in patch if k not in Pipeline.model_fields and k not in VIEW_FIELDS]
+        if unknown:
+            raise Invalid([{"loc": k, "msg": "Extra inputs are not permitted"} for k in unknown])
         data = merge_patch(old.model_dump(mode="json", exclude=set(SERVER_FIELDS)), patch)
         return await self._save(old, self._owned({**data, "id": pipeline_id}, team))
 

@@ -82,19 +82,17 @@ async def open_runtime(settings: Settings, bootstrap: str) -> AsyncIterator[Runt
     names = TopicNames.from_prefix(settings.topics.prefix)
     registry = Registry(bootstrap, settings.kafka, names)
     producer = kafka.producer(bootstrap, settings.kafka)
-    await producer.start()
-    try:
+    try:  # a client whose start failed (Kafka unreachable) is stopped too: no "Unclosed"
+        await producer.start()
         await registry.start()
-        try:
-            await asyncio.wait_for(registry.ready.wait(), 60)
-            writer = RegistryWriter(producer, registry)
-            async with aiohttp.ClientSession(  # every outgoing request passes the egress policy
-                    connector=egress.connector(settings.egress.allow)) as http:
-                yield Runtime(settings, bootstrap, names, registry, writer,
-                              ProcessService(registry, writer), http, producer)
-        finally:
-            await _bounded(registry.stop(), "registry consumer")
+        await asyncio.wait_for(registry.ready.wait(), 60)
+        writer = RegistryWriter(producer, registry)
+        async with aiohttp.ClientSession(  # every outgoing request passes the egress policy
+                connector=egress.connector(settings.egress.allow)) as http:
+            yield Runtime(settings, bootstrap, names, registry, writer,
+                          ProcessService(registry, writer), http, producer)
     finally:
+        await _bounded(registry.stop(), "registry consumer")
         # with Kafka gone, stop() would wait forever for records nobody was told were written
         await _bounded(producer.stop(), "producer")
 

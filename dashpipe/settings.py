@@ -10,6 +10,7 @@ import hmac
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -170,6 +171,15 @@ class WebhookSettings(BaseSettings):
                                        description="answer 503 when Kafka has not acked by then")
 
 
+class LogSettings(BaseSettings):
+    """What every process writes to stderr (`dashpipe.logs`)."""
+
+    model_config = _config("DASHPIPE_LOG_")
+
+    format: Literal["text", "json"] = Field(default="text", description="json: one JSON "
+                                            "object per line, for a log pipeline")
+
+
 class PollSettings(BaseSettings):
     model_config = _config("DASHPIPE_POLL_")
 
@@ -192,6 +202,7 @@ class Settings:
     poll: PollSettings = field(default_factory=PollSettings)
     egress: EgressSettings = field(default_factory=EgressSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
 
 def load_settings() -> Settings:

@@ -1,7 +1,8 @@
 """JSON Schemas of the public records, exported as files beside this module.
 
-`dashpipe schemas export` writes them; `dashpipe schemas check` (and a unit test) fails when
-a file no longer matches its model.
+`dashpipe schemas export` writes them, and the HTTP API's OpenAPI document (`openapi.json`,
+schemas/openapi.py); `dashpipe schemas check` (and a unit test) fails when a file no longer
+matches its models.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
+from schemas import openapi
 from schemas.mapping import Mapping
 from schemas.pagination import Pagination
 from schemas.pipeline import Pipeline, PipelineStatus
@@ -37,11 +39,18 @@ def render(name: str, model: type[BaseModel]) -> bytes:
     return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
+def files() -> dict[str, bytes]:
+    """Every exported file's name and content."""
+    out = {f"{name}.schema.json": render(name, model) for name, model in MODELS.items()}
+    out["openapi.json"] = openapi.render()
+    return out
+
+
 def export(folder: Path = FOLDER) -> list[Path]:
     written = []
-    for name, model in MODELS.items():
-        path = folder / f"{name}.schema.json"
-        path.write_bytes(render(name, model))
+    for name, content in files().items():
+        path = folder / name
+        path.write_bytes(content)
         written.append(path)
     return written
 
@@ -49,8 +58,8 @@ def export(folder: Path = FOLDER) -> list[Path]:
 def stale(folder: Path = FOLDER) -> list[str]:
     """Names of the schema files that are missing or differ from their models."""
     out = []
-    for name, model in MODELS.items():
-        path = folder / f"{name}.schema.json"
-        if not path.exists() or path.read_bytes() != render(name, model):
-            out.append(path.name)
+    for name, content in files().items():
+        path = folder / name
+        if not path.exists() or path.read_bytes() != content:
+            out.append(name)
     return out

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticKnownError
 from pydantic_core.core_schema import ErrorType
 
+from schemas.discriminated import fit_kinds, type_config
 from schemas.jsonpath import valid_path
 from schemas.mapping import Mapping
 from schemas.pagination import Pagination, body_path_problem
@@ -42,6 +43,7 @@ SOURCES_BY_TYPE: dict[str, set[str]] = {
     "realtime": {"webhook"},
     "derived": {"pipeline"},
 }
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MASK = "***"
 SECRET_KEYS = frozenset({"token", "api_key", "password", "webhook_secret", "secret",
                          "verify_token", "client_secret"})
@@ -247,14 +249,14 @@ def _typed_by_model_validator(value: Any, _: ValidatorFunctionWrapHandler) -> An
     raise PydanticKnownError("dict_type")
 
 
-# The exported JSON Schemas keep these fields a plain object: the model they hold depends on
-# another field; what each type accepts is documented with the models above.
-_TYPED = (WrapValidator(_typed_by_model_validator),
-          WithJsonSchema({"type": "object", "additionalProperties": True}))
-SourceConfig = Annotated[HttpApiSource | GraphQLSource | WebhookSource | PipelineSource,
-                         *_TYPED]
-SinkConfig = Annotated[WebhookSink | HttpApiSink, *_TYPED]
-TypedMapping = Annotated[Mapping, *_TYPED]
+# In the JSON Schema a config is the union of its models; the model that holds it says, by
+# `if`/`then` on the type field (schemas/discriminated.py), which one each type takes.
+_TYPED = WrapValidator(_typed_by_model_validator)
+SourceModel = HttpApiSource | GraphQLSource | WebhookSource | PipelineSource
+SinkModel = WebhookSink | HttpApiSink
+SourceConfig = Annotated[SourceModel, _TYPED]
+SinkConfig = Annotated[SinkModel, _TYPED]
+TypedMapping = Annotated[Mapping, _TYPED]
 
 
 def _typed(kind: type[BaseModel], raw: Any, loc: tuple[str, ...],
@@ -271,7 +273,7 @@ def _typed_sink(sink: Any, loc: tuple[str, ...], errors: list[InitErrorDetails])
     """`sink` (a `SinkSpec` as a dict) with its `sink_config` typed by its `sink_type`, errors
     added under `loc`. A config that fails is replaced by a blank of its type, so that
     `SinkSpec`'s own validator does not report the same errors again."""
-    kind = SINK_MODELS.get(sink.get("sink_type", "")) if isinstance(sink, dict) else None
+    kind = _model(SINK_MODELS, sink.get("sink_type")) if isinstance(sink, dict) else None
     if kind is None or not isinstance(raw := sink.get("sink_config", {}), dict | BaseModel):
         return sink
     config = _typed(kind, raw, (*loc, "sink_config"), errors)
@@ -279,6 +281,9 @@ def _typed_sink(sink: Any, loc: tuple[str, ...], errors: list[InitErrorDetails])
 
 
 class SinkSpec(_Config):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s: type_config(
+        s, "sink_type", "sink_config", SINK_MODELS, get_args(SinkModel)))
+
     sink_type: Literal["webhook", "http_api"]
     # absent: the model validator types {} (its required fields are reported missing)
     sink_config: SinkConfig = Field(default_factory=dict)  # type: ignore[assignment]
@@ -302,10 +307,17 @@ class SinkSpec(_Config):
         raise ValidationError.from_exception_data(cls.__name__, errors)
 
 
-class Pipeline(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _pipeline_rules(schema: dict[str, Any]) -> None:
+    """The rules that the model validator checks across fields, as JSON Schema."""
+    fit_kinds(schema, "type", "source_type", SOURCES_BY_TYPE, {"polling": {
+        "required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "integer"}}}})
+    type_config(schema, "source_type", "source_config", SOURCE_MODELS, get_args(SourceModel))
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+class Pipeline(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_pipeline_rules)
+
+    id: str = Field(pattern=ID_PATTERN)
     team_id: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
     type: PipelineType
@@ -335,7 +347,7 @@ class Pipeline(BaseModel):
         typed_errors: list[InitErrorDetails] = []
         if isinstance(data, dict):
             data = dict(data)
-            kind = SOURCE_MODELS.get(data.get("source_type", ""))
+            kind = _model(SOURCE_MODELS, data.get("source_type"))
             raw = data.get("source_config", {})
             if kind is not None and isinstance(raw, dict | BaseModel) \
                     and _fits(data.get("type"), data.get("source_type")):
@@ -390,6 +402,12 @@ class Pipeline(BaseModel):
         """The definition as an API answers it: every secret masked."""
         masked: dict[str, Any] = mask_secrets(self.model_dump(mode="json"))
         return masked
+
+
+def _model(models: dict[str, type[BaseModel]], kind: Any) -> type[BaseModel] | None:
+    """The model of a type named by input of any JSON type (an object is no dict key: the
+    type field's own error reports it)."""
+    return models.get(kind) if isinstance(kind, str) else None
 
 
 def _fits(kind: Any, source_type: Any) -> bool:

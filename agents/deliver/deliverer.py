@@ -327,7 +327,8 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                     await ready
             except Exception:  # never lose the worker; the delivery repeats after a restart
                 log.exception("deliver: unexpected error for %s sink %d",
-                              delivery.pipeline_id, delivery.sink_index)
+                              delivery.pipeline_id, delivery.sink_index,
+                              extra={"pipeline_id": delivery.pipeline_id})
 
     def prepare(self, delivery: Delivery, now: int
                 ) -> tuple[SinkRequest, float, Pipeline] | Awaitable[None] | None:
@@ -431,7 +432,7 @@ class Deliverer(ConsumerRebalanceListener):  # type: ignore[misc]
                                              "updated_at": datetime.now(UTC)})
         await self.rt.writer.put(updated)
         log.warning("deliver: sink %d of %s disabled (410 Gone); PATCH it to enable again",
-                    index, p.id)
+                    index, p.id, extra={"pipeline_id": p.id})
 
     def _error(self, counts: SinkCounts, result: Attempt) -> None:
         counts.last_error, counts.last_error_at, counts.changed = result.error, result.at, True

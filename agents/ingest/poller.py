@@ -27,7 +27,7 @@ from agents.ingest.schedule import Policy, after_failure, after_success
 from agents.ingest.sources import SOURCES
 from agents.ingest.sources.base import FetchResult, SourceError
 from agents.ingest.transactions import Fenced, Transactions
-from dashpipe import kafka
+from dashpipe import kafka, logs
 from dashpipe.batcher import partition_for
 from dashpipe.errors import ConfigError, DashpipeError
 from dashpipe.runtime import Runtime
@@ -136,8 +136,9 @@ class Poller(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _poll(self, p: Pipeline) -> None:
         try:
-            async with self.slots:
-                await self.poll_once(p)
+            with logs.for_pipeline(p.id):  # what the sources log, too, names the pipeline
+                async with self.slots:
+                    await self.poll_once(p)
         finally:
             self.running.pop(p.id, None)
 

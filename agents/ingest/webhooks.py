@@ -123,7 +123,8 @@ class Receiver:
         try:
             await self.sender.send(pid.encode(), body, headers, received_ms)
         except (TimeoutError, KafkaError) as exc:
-            log.warning("webhook for %s not written: %s", pid, type(exc).__name__)
+            log.warning("webhook for %s not written: %s", pid, type(exc).__name__,
+                        extra={"pipeline_id": pid})
             if dedup_key:
                 self.seen.forget(dedup_key)
             return self._reject(pid, 503, "Kafka is unavailable, retry later",

@@ -22,6 +22,7 @@ from dashpipe.http import error, json_response
 from dashpipe.pipelines import Conflict, Invalid, NotFound, PipelineService
 from dashpipe.runtime import ProcessService
 from dashpipe.settings import ADMIN, ApiSettings
+from schemas import openapi
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,11 @@ async def close_session(request: web.Request) -> web.Response:
     return response
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    """`GET /api/openapi.json`: the OpenAPI 3.1 document of this API (schemas/openapi.py)."""
+    return web.Response(body=openapi.render(), content_type="application/json")
+
+
 Route = tuple[str, str, Handler]
 
 
@@ -217,10 +223,23 @@ def make_api(service: ProcessService, settings: ApiSettings, max_body: int,
     app.router.add_post("/pipelines/{id}/resume", guarded(resume_pipeline))
     app.router.add_post("/session", guarded(open_session))
     app.router.add_delete("/session", close_session)
+    app.router.add_get("/openapi.json", openapi_document)  # public: the contract is no secret
     for method, path, handler in routes:
         app.router.add_route(method, path, guarded(handler))
+    app.router.add_route("*", "/{tail:.*}", not_found)  # JSON 404/405, as outside /api/
     return app
 
 
 async def not_found(request: web.Request) -> web.Response:
+    """The catch-all route's answer: 405 with `Allow` when other routes serve the path with
+    other methods (`TRACE /healthz`), else 404; JSON either way."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            match, methods = await resource.resolve(request)
+            if match is None:
+                allowed |= methods
+    if allowed:
+        return error(405, f"{request.method} is not allowed on {request.path}",
+                     {"Allow": ", ".join(sorted(allowed))})
     return error(404, f"no such path: {request.method} {request.path}")

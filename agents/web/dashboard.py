@@ -1,5 +1,6 @@
 """The dashboard's reads (role `web`): live rows (SSE, WebSocket), the recent rows, the stored
-history, and the page at `/`. Every route is team-scoped through `api.guarded`."""
+history, and the console at `/` with its scripts and styles under `/static/`. Every API route
+is team-scoped through `api.guarded`."""
 
 from __future__ import annotations
 
@@ -20,8 +21,19 @@ from schemas.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
-PAGE = Path(__file__).parent / "static" / "index.html"
+STATIC = Path(__file__).parent / "static"
+PAGE = STATIC / "index.html"
 MAX_RECENT = push.RECENT_ROWS
+# What `/static/` serves: a fixed list (never a path from the request onto the disk)
+ASSETS = {"console.css": "text/css", "console.js": "text/javascript",
+          "util.js": "text/javascript", "chart.js": "text/javascript",
+          "panels.js": "text/javascript",
+          "vendor/uPlot.min.css": "text/css", "vendor/uPlot.iife.min.js": "text/javascript"}
+# Everything the page uses comes from this server: no inline script or style, no CDN, so an
+# injected script has nowhere to run from and nowhere to send a token to.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+               "connect-src 'self'; base-uri 'none'; form-action 'self'; "
+               "frame-ancestors 'none'")
 
 
 @dataclass
@@ -102,7 +114,21 @@ class Dashboard:
 
 async def page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(PAGE, headers={"Cache-Control": "no-store",
-                                           "X-Content-Type-Options": "nosniff"})
+                                           "X-Content-Type-Options": "nosniff",
+                                           "Content-Security-Policy": PAGE_POLICY,
+                                           "Referrer-Policy": "no-referrer"})
+
+
+async def asset(request: web.Request) -> web.StreamResponse:
+    """`GET /static/<name>`: one of `ASSETS` (revalidated with its Last-Modified: a new
+    release's files are picked up at once), else a JSON 404."""
+    name = request.match_info["name"]
+    kind = ASSETS.get(name)
+    if kind is None:
+        return http.error(404, f"no such path: GET {request.path}")
+    return web.FileResponse(STATIC / name, headers={
+        "Content-Type": f"{kind}; charset=utf-8", "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff"})
 
 
 async def open_database(rt: Runtime) -> tuple[asyncpg.Pool | None, db.Storage]:

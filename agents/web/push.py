@@ -230,6 +230,15 @@ async def events(request: web.Request, hub: Hub, pid: str) -> web.StreamResponse
                                            "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    try:
+        await _stream_events(response, hub, pid, since)
+    except ConnectionResetError:  # the browser closed the page: the usual end of a stream
+        log.info("events of %s: the client went away", pid, extra={"pipeline_id": pid})
+    return response
+
+
+async def _stream_events(response: web.StreamResponse, hub: Hub, pid: str,
+                         since: Position | None) -> None:
     async with hub.subscribe(pid, since) as (missed, now, sub):
         cursor = Cursor(since or now)
         await response.write(b"event: ready\nid: %s\ndata: {}\n\n"
@@ -261,7 +270,6 @@ async def events(request: web.Request, hub: Hub, pid: str) -> web.StreamResponse
                 await response.write(b"event: overflow\ndata: {\"error\": \"too slow: "
                                      b"reconnect with your last event id\"}\n\n")
                 break
-    return response
 
 
 async def websocket(request: web.Request, hub: Hub, pid: str) -> web.StreamResponse:
@@ -270,6 +278,15 @@ async def websocket(request: web.Request, hub: Hub, pid: str) -> web.StreamRespo
     since = _since(request, request.query.get("resume"), hub)
     ws = web.WebSocketResponse(heartbeat=15)
     await ws.prepare(request)
+    try:
+        await _stream_ws(ws, hub, pid, since)
+    except ConnectionResetError:  # gone without a close frame
+        log.info("websocket of %s: the client went away", pid, extra={"pipeline_id": pid})
+    return ws
+
+
+async def _stream_ws(ws: web.WebSocketResponse, hub: Hub, pid: str,
+                     since: Position | None) -> None:
     async with hub.subscribe(pid, since) as (missed, now, sub):
         cursor = Cursor(since or now)
         await ws.send_str(f'{{"event":"ready","id":"{encode(since or now)}"}}')
@@ -293,7 +310,6 @@ async def websocket(request: web.Request, hub: Hub, pid: str) -> web.StreamRespo
                     await ws.send_bytes(with_id(event_id, item[3]))
         finally:
             reader.cancel()
-    return ws
 
 
 async def _drain_incoming(ws: web.WebSocketResponse) -> None:

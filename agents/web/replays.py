@@ -22,6 +22,11 @@ from streams.replay.status import ReplayError, ReplayStatus
 log = logging.getLogger(__name__)
 
 
+def _bound(value: Any) -> bool:
+    """A replay bound as JSON gives it: a time (text) or an offset (an integer, not a bool)."""
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
 @dataclass
 class Replays:
     rt: Runtime
@@ -37,11 +42,18 @@ class Replays:
         team = request[api.TEAM]
         p = self.rt.service.get(request.match_info["id"], team)
         body = await api.read_json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("from"), str | int):
+        if not isinstance(body, dict) or not _bound(body.get("from")):
             return http.error(400, "from: an RFC 3339 time or a raw offset is required")
+        if body.get("to") is not None and not _bound(body["to"]):
+            return http.error(400, "to: an RFC 3339 time or a raw offset")
         start, end = str(body["from"]), body.get("to")
-        dry_run = bool(body.get("dry_run", False))
+        end = None if end is None or end == "" else str(end)  # "": no end, as before
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            return http.error(400, "dry_run: true or false")
         workers = body.get("workers", 1)
+        if isinstance(workers, float) and workers.is_integer():
+            workers = int(workers)  # 4.0 is the integer 4 in JSON (and JSON Schema)
         if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 8:
             return http.error(400, "workers: an integer from 1 to 8")
         spec = None
@@ -54,12 +66,12 @@ class Replays:
             return http.error(409, f"a replay of {p.id!r} is running")
         if dry_run:
             try:
-                return http.json_response(await replay(self.rt, p, start, end and str(end),
+                return http.json_response(await replay(self.rt, p, start, end,
                                                       spec, dry_run=True))
             except ReplayError as exc:
                 return http.error(400, str(exc))
         try:
-            await bounds(self.rt, p, start, end and str(end))  # refuse bad bounds now
+            await bounds(self.rt, p, start, end)  # refuse bad bounds now
         except ReplayError as exc:
             return http.error(400, str(exc))
         if body.get("mapping") is not None:  # a written replay with a new mapping saves it
@@ -69,7 +81,7 @@ class Replays:
         def report(status: ReplayStatus) -> None:
             self.progress[pid] = status.view()
 
-        task = asyncio.create_task(replay(self.rt, p, start, end and str(end), progress=report,
+        task = asyncio.create_task(replay(self.rt, p, start, end, progress=report,
                                           workers=workers))
         self.running[pid] = task
         task.add_done_callback(lambda t: self._done(pid, t))

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 from collections.abc import Awaitable, Callable, Mapping
 
+import aiokafka
 from aiohttp import web
 
 from agents.ingest.admission import Admission
 from agents.ingest.dedup import SeenIds
 from agents.ingest.webhooks import Receiver
 from agents.web import api
-from agents.web.dashboard import Dashboard, open_database, page
+from agents.web.console import Console
+from agents.web.dashboard import Dashboard, asset, open_database, page
 from agents.web.push import Hub
 from agents.web.replays import Replays
-from dashpipe import http, kafka
+from dashpipe import __version__, http, kafka
 from dashpipe.batcher import BatchSender
 from dashpipe.members import Members
 from dashpipe.runtime import Runtime
@@ -49,6 +52,13 @@ def fast_webhooks(runner: web.AppRunner, fast: Fast, pipelines: Mapping[str, obj
     server.request_handler = dispatch
 
 
+async def version(request: web.Request) -> web.Response:
+    """What runs, without auth (as /healthz): the version `dashpipe --version` prints, the
+    Python and the Kafka client (aiokafka) versions."""
+    return http.json_response({"version": __version__, "python": platform.python_version(),
+                               "kafka_client": aiokafka.__version__})
+
+
 def make_app(rt: Runtime, sender: BatchSender, board: Dashboard, members: Members | None = None
              ) -> tuple[web.Application, Receiver]:
     max_body = rt.settings.webhook.max_body_bytes
@@ -61,8 +71,10 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard, members: Member
     app.router.add_post("/webhooks/{pipeline_id}", admission.guard(receiver.handle))
     app.router.add_get("/webhooks/{pipeline_id}", receiver.handshake)  # Meta's subscription check
     app.add_subapp("/api/", api.make_api(rt.service, rt.settings.api, max_body,
-                                         board.routes() + Replays(rt).routes()))
+                                         board.routes() + Replays(rt).routes()
+                                         + Console(rt).routes()))
     app.router.add_get("/", page)
+    app.router.add_get("/static/{name:.+}", asset)
 
     async def healthz(request: web.Request) -> web.Response:
         return http.json_response({"status": "ok"})
@@ -74,6 +86,7 @@ def make_app(rt: Runtime, sender: BatchSender, board: Dashboard, members: Member
                                   "storage": await board.describe_storage()})
 
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/version", version)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", http.metrics_handler(rt.metrics))
     app.router.add_route("*", "/{tail:.*}", api.not_found)  # JSON 404 for any other path

@@ -12,15 +12,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from dashpipe import __version__
+from dashpipe import __version__, logs
+from dashpipe.cli import exits, mapping_cli, pipelines_cli, stack
 from dashpipe.cli import replay as replay_cli
-from dashpipe.cli import stack
-from dashpipe.cli.roles import ROLES
+from dashpipe.cli.output import add_output, answer_only, columns, render
+from dashpipe.cli.roles import ROLES, secret_values
 from dashpipe.errors import DashpipeError
 from dashpipe.settings import Settings, load_settings
 
@@ -54,13 +52,15 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(f"export DASHPIPE_DATABASE_URL="
               f"{shlex.quote(ends.database_url.get_secret_value())}")
         return 0
-    return 0 if _print_status(settings) else 1
+    return 0 if _print_status(settings, args.output) else 1
 
 
-def _print_status(settings: Settings) -> bool:
+def _print_status(settings: Settings, output: str = "table") -> bool:
     rows = stack.status(settings)
-    for row in rows:
-        print(f"{row.name:<11} {row.state:<16} {row.where}")
+    print(render({"services": [{"name": r.name, "state": r.state, "where": r.where}
+                               for r in rows]}, output,
+                 lambda: columns(("SERVICE", "STATE", "WHERE"),
+                                 [(r.name, r.state, r.where) for r in rows])))
     return all(r.state != "stopped" for r in rows)
 
 
@@ -90,26 +90,27 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 
     bootstrap = stack.endpoints(settings).bootstrap_servers
     if args.action == "create":
-        for name, what in asyncio.run(_create_topics(settings, bootstrap)).items():
-            print(f"{name:<32} {what}")
+        with answer_only():
+            made = asyncio.run(_create_topics(settings, bootstrap))
+        print(render({"topics": made}, args.output,
+                     lambda: columns(("TOPIC", "OUTCOME"), list(made.items()))))
         return 0
 
     async def describe() -> list[dict[str, object]]:
         async with kafka.started(kafka.admin(bootstrap, settings.kafka)) as admin:
             return await topics.describe(admin, topics.catalogue(stack.topic_settings(settings)))
 
-    rows = asyncio.run(describe())
-    if args.json:
-        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    for row in rows:
-        if not row["exists"]:
-            print(f"{row['topic']:<32} MISSING  ({row['purpose']})")
-            continue
-        config = " ".join(f"{k}={v}" for k, v in row["config"].items())  # type: ignore[attr-defined]
-        print(f"{row['topic']:<32} partitions={row['partitions']} "
-              f"replication={row['replication_factor']} {config}")
+    with answer_only():
+        rows = asyncio.run(describe())
+    print(render(rows, args.output, lambda: _topics_table(rows)))
     return 0 if all(r["exists"] for r in rows) else 1
+
+
+def _topics_table(rows: list[dict[str, Any]]) -> str:
+    return columns(("TOPIC", "PARTITIONS", "REPLICATION", "CONFIG"), [
+        (r["topic"], "MISSING", "-", f"({r['purpose']})") if not r["exists"] else
+        (r["topic"], str(r["partitions"]), str(r["replication_factor"]),
+         " ".join(f"{k}={v}" for k, v in r["config"].items())) for r in rows])
 
 
 def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
@@ -121,10 +122,10 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     stale = export.stale()
     if stale:
-        print("stale JSON Schemas (run `dashpipe schemas export`): " + ", ".join(stale),
+        print("stale schemas (run `dashpipe schemas export`): " + ", ".join(stale),
               file=sys.stderr)
         return 1
-    print("JSON Schemas are current")
+    print("JSON Schemas and OpenAPI document are current")
     return 0
 
 
@@ -140,66 +141,6 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pipelines(settings: Settings, args: argparse.Namespace) -> int:
-    from dashpipe.cli import pipeline_files
-
-    docs = None
-    if args.action == "apply":  # a file that does not parse fails before Kafka is touched
-        stdin = sys.stdin.read() if args.file == pipeline_files.STDIN else None
-        docs = pipeline_files.read(args.file, stdin)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.WARNING)  # stdout is the answer; keep stderr quiet
-    try:
-        return asyncio.run(_pipelines(settings, args, docs))
-    finally:
-        root.setLevel(level)
-
-
-async def _pipelines(settings: Settings, args: argparse.Namespace, docs: list[Any] | None) -> int:
-    from dashpipe.cli import pipeline_files
-    from dashpipe.runtime import open_runtime
-    from dashpipe.settings import ADMIN
-
-    async with open_runtime(settings, stack.endpoints(settings).bootstrap_servers) as rt:
-        svc = rt.service
-        if docs is not None:
-            errors = pipeline_files.check(docs, rt.registry.pipelines)
-            if errors:
-                for line in errors:
-                    print(line, file=sys.stderr)
-                name = "<stdin>" if args.file == pipeline_files.STDIN else args.file
-                print(f"dashpipe: error: {name}: {len(errors)} problem(s); "
-                      "no pipeline was applied", file=sys.stderr)
-                return 2
-            for doc in pipeline_files.in_order(docs):
-                pipeline, outcome = await svc.apply(doc)
-                print(f"{pipeline.id} {outcome}")
-        elif args.action == "list":
-            team = args.team or ADMIN
-            views = [svc.view(p) for p in svc.list(ADMIN) if team in (ADMIN, p.team_id)]
-            if args.json:
-                print(orjson.dumps({"pipelines": views}, option=orjson.OPT_INDENT_2).decode())
-            else:
-                print(pipeline_files.table(views, datetime.now(UTC)))
-        elif args.action == "get":
-            view = svc.view(svc.get(args.id, ADMIN))
-            if args.output == "yaml":
-                import yaml
-
-                print(yaml.safe_dump(view, sort_keys=False, allow_unicode=True), end="")
-            else:
-                print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
-        elif args.action == "delete":
-            await svc.delete(args.id, ADMIN)
-            print(f"{args.id} deleted")
-        else:
-            pipeline = await svc.set_status(args.id, ADMIN,
-                                            "paused" if args.action == "pause" else "active")
-            print(f"{pipeline.id} {svc.view(pipeline)['status']}")
-    return 0
-
-
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from dashpipe.cli import demo
 
@@ -212,43 +153,13 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipelines_parser(sub: Any) -> None:
-    p = sub.add_parser("pipelines", help="manage pipeline definitions on the log (as admin)")
-    actions = p.add_subparsers(dest="action", required=True)
-    apply = actions.add_parser("apply", help="create or update the pipelines of a YAML/JSON "
-                                             "file by id (idempotent)")
-    apply.add_argument("-f", "--file", required=True, metavar="FILE",
-                       help="YAML or JSON (by extension); - reads YAML or JSON from stdin")
-    listing = actions.add_parser("list", help="every pipeline with its runtime status")
-    listing.add_argument("--json", action="store_true", help="the views as JSON (re-appliable)")
-    listing.add_argument("--team", help="only this team's pipelines")
-    get = actions.add_parser("get", help="one pipeline as JSON, secrets masked")
-    get.add_argument("id")
-    get.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
-    for action, what in (("pause", "stop polling / refuse webhooks"),
-                         ("resume", "make active again"), ("delete", "delete the definition")):
-        actions.add_parser(action, help=what).add_argument("id")
-
-
-@contextlib.contextmanager
-def _answer_only() -> Any:
-    """stdout is the answer; keep stderr quiet (warnings still show)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     from streams.deadletters.ledger import parse_position
 
     # bad positions fail before Kafka is touched
     shown = parse_position(args.offset) if args.action == "show" else None
     only = [parse_position(o) for o in args.offset or []] if args.action == "redrive" else None
-    with _answer_only():
+    with answer_only():
         return asyncio.run(_dlq(settings, args, shown, only))
 
 
@@ -265,17 +176,13 @@ async def _dlq(settings: Settings, args: argparse.Namespace, shown: tuple[int, i
             return 1 if report.still_failing else 0
         ledger = await ledger_of(rt, args.pipeline)
         if shown is not None:
-            print(orjson.dumps(ledger.detail(shown), option=orjson.OPT_INDENT_2).decode())
+            print(render(ledger.detail(shown), args.output))
             return 0
         entries = ledger.unresolved(args.stage)
-        if args.json:
-            print(orjson.dumps({"pipeline_id": args.pipeline,
-                                "dead_letters": [e.summary() for e in entries]},
-                               option=orjson.OPT_INDENT_2).decode())
-        elif entries:
-            print(table(entries))
-        else:
-            print(f"no unresolved dead letters of pipeline {args.pipeline}")
+        print(render({"pipeline_id": args.pipeline,
+                      "dead_letters": [e.summary() for e in entries]}, args.output,
+                     lambda: table(entries) if entries else
+                     f"no unresolved dead letters of pipeline {args.pipeline}"))
     return 0
 
 
@@ -284,18 +191,14 @@ def cmd_offsets(settings: Settings, args: argparse.Namespace) -> int:
 
     bootstrap = stack.endpoints(settings).bootstrap_servers
     if args.action == "show":
-        with _answer_only():
+        with answer_only():
             state, rows = asyncio.run(offsets.show(settings, bootstrap, args.role))
-        if args.json:
-            print(orjson.dumps({"group": state.group, "state": state.state,
-                                "members": state.members,
-                                "partitions": [r.as_dict() for r in rows]},
-                               option=orjson.OPT_INDENT_2).decode())
-        else:
-            print(offsets.show_table(state, rows))
+        print(render({"group": state.group, "state": state.state, "members": state.members,
+                      "partitions": [r.as_dict() for r in rows]}, args.output,
+                     lambda: offsets.show_table(state, rows)))
         return 0
     target = offsets.parse_target(args.to)
-    with _answer_only():
+    with answer_only():
         moved = asyncio.run(offsets.reset(settings, bootstrap, args.role, target))
     print("\n".join(offsets.reset_lines(offsets.group_of(settings, args.role), target, moved)))
     return 0
@@ -312,7 +215,8 @@ def _dlq_parser(sub: Any) -> None:
     for action in (listing, show, redrive):
         action.add_argument("--pipeline", required=True, metavar="ID")
     listing.add_argument("--stage", choices=stages)
-    listing.add_argument("--json", action="store_true")
+    add_output(listing)
+    add_output(show, default="json", json_alias=False)
     show.add_argument("--offset", required=True, metavar="P:O",
                       help="partition:offset in the dead-letter topic (as `list` shows)")
     redrive.add_argument("--stage", choices=stages)
@@ -330,14 +234,15 @@ def _offsets_parser(sub: Any) -> None:
     for action in (show, reset):
         action.add_argument("--role", required=True,
                             choices=[name for name, role in ROLES.items() if role.committed])
-    show.add_argument("--json", action="store_true")
+    add_output(show)
     reset.add_argument("--to", required=True, metavar="TIME|earliest|latest",
                        help="earliest, latest, or an RFC 3339 time (the first record at or "
                             "after it)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dashpipe", description=__doc__)
+    p = argparse.ArgumentParser(prog="dashpipe", description=__doc__, epilog=exits.EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"dashpipe {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local Kafka and PostgreSQL (idempotent)")
@@ -349,15 +254,18 @@ def parser() -> argparse.ArgumentParser:
                       help="also delete the state folder: the Kafka log and the database")
     status = sub.add_parser("status", help="what runs where")
     status.add_argument("--env", action="store_true", help="print export lines for other shells")
+    add_output(status)
     run = sub.add_parser("run", help="run roles (all of them when none is named)")
     run.add_argument("roles", nargs="*", metavar="ROLE")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     topics = sub.add_parser("topics", help="the topic catalogue")
     topics.add_argument("action", choices=["create", "describe"])
-    topics.add_argument("--json", action="store_true")
-    schemas = sub.add_parser("schemas", help="the JSON Schemas of the public records")
+    add_output(topics)
+    schemas = sub.add_parser("schemas", help="the JSON Schemas of the public records, and "
+                             "the OpenAPI document of the HTTP API")
     schemas.add_argument("action", choices=["export", "check"])
-    _pipelines_parser(sub)
+    pipelines_cli.add_parser(sub)
+    mapping_cli.add_parser(sub)
     replay_cli.add_parser(sub)
     _dlq_parser(sub)
     _offsets_parser(sub)
@@ -373,7 +281,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "run": cmd_run,
     "topics": cmd_topics,
     "schemas": cmd_schemas,
-    "pipelines": cmd_pipelines,
+    "pipelines": pipelines_cli.cmd_pipelines,
+    "mapping": mapping_cli.cmd_mapping,
     "replay": replay_cli.cmd_replay,
     "dlq": cmd_dlq,
     "offsets": cmd_offsets,
@@ -383,20 +292,30 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings()
+        logs.configure(settings.log.format, secrets=secret_values(settings), level=logging.INFO)
         return COMMANDS[args.command](settings, args)
     except DashpipeError as exc:
         print(f"dashpipe: error: {exc}", file=sys.stderr)
-        return 2
+        return exits.code_of(exc)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a service failed in a way we did not foresee: no traceback
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             raise
-        print(f"dashpipe: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        code = exits.code_of(exc)
+        what = _unreachable(exc) if code == exits.UNAVAILABLE else f"{type(exc).__name__}: {exc}"
+        print(f"dashpipe: error: {what}", file=sys.stderr)
+        return code
+
+
+def _unreachable(exc: BaseException) -> str:
+    """Kafka's `KafkaConnectionError: KafkaConnectionError: Unable to bootstrap ...`, said once
+    and with what to do."""
+    detail = str(exc).removeprefix(f"{type(exc).__name__}: ") or type(exc).__name__
+    return (f"service unavailable ({type(exc).__name__}): {detail}; is the stack up "
+            "(`dashpipe status`)?")
 
 
 if __name__ == "__main__":

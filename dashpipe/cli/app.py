@@ -19,7 +19,8 @@ import faust
 from faust.app.base import BootStrategy
 from faust.worker import Worker
 
-from dashpipe.cli.roles import RoleFailed, describe, run_roles
+from dashpipe import logs
+from dashpipe.cli.roles import RoleFailed, describe, run_roles, secret_values
 from dashpipe.runtime import open_runtime
 from dashpipe.settings import Settings
 
@@ -98,8 +99,14 @@ def run(settings: Settings, bootstrap: str, roles: list[str], loglevel: str = "i
         assert worker is not None  # the app's task starts inside the worker
         worker.stop_failed()
 
+    # the worker would replace the root logger's handlers with mode's, whose formatter turns
+    # Faust's and aiokafka's arguments into multi-line tables: logging stays ours (text or
+    # JSON, secrets masked, now including the local stack's database password)
+    logs.configure(settings.log.format, secrets=secret_values(settings), roles=roles,
+                   level=loglevel)
     worker = RolesWorker(make_app(settings, bootstrap, roles, failed), loglevel=loglevel,
-                         quiet=True)
+                         quiet=True, override_logging=False)
+    worker.spinner = None  # faust's progress spinner draws on stdout: log lines say the same
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # the worker always ends with one, 0 when it stopped cleanly

@@ -10,20 +10,20 @@ unless the group is `Empty` or `Dead` (never used, or gone).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 
-from dashpipe import kafka
+from dashpipe import kafka, lag
 from dashpipe.cli.roles import ROLES
 from dashpipe.errors import DashpipeError
+from dashpipe.lag import GroupState, PartitionOffsets, describe_group
 from dashpipe.settings import Settings
 from dashpipe.topics import TopicNames
 
-RESETTABLE = ("Empty", "Dead")
+__all__ = ["GroupState", "PartitionOffsets", "describe_group"]  # re-exported: they live lower
 Target = Literal["earliest", "latest"] | datetime
 
 
@@ -55,36 +55,6 @@ def parse_target(text: str) -> Target:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class PartitionOffsets:
-    topic: str
-    partition: int
-    committed: int | None  # None: the group never committed here
-    start: int  # the earliest offset still in the log
-    end: int
-
-    @property
-    def lag(self) -> int:
-        """Records the group has yet to read (from the earliest offset when it has no commit:
-        the roles start there)."""
-        return max(0, self.end - max(self.start, self.committed if self.committed is not None
-                                     else self.start))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "lag": self.lag}
-
-
-@dataclass(frozen=True)
-class GroupState:
-    group: str
-    state: str  # Kafka's: Empty, Dead, Stable, PreparingRebalance, CompletingRebalance, ...
-    members: int
-
-    @property
-    def resettable(self) -> bool:
-        return self.state in RESETTABLE and self.members == 0
-
-
 def new_offsets(target: Target, current: list[PartitionOffsets],
                 by_time: dict[tuple[str, int], int | None] | None = None
                 ) -> dict[tuple[str, int], int]:
@@ -102,26 +72,9 @@ def new_offsets(target: Target, current: list[PartitionOffsets],
     return out
 
 
-async def describe_group(admin: Any, group: str) -> GroupState:
-    [response] = await admin.describe_consumer_groups([group])
-    error, group_id, state, _, _, members, *_ = response.groups[0]
-    if error:
-        raise DashpipeError(f"describing consumer group {group}: Kafka error {error}")
-    return GroupState(group_id, state, len(members))
-
-
 async def _offsets(admin: Any, consumer: Any, group: str, topics: list[str]
                    ) -> list[PartitionOffsets]:
-    tps = await kafka.partitions(consumer, *topics)
-    committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-    starts = await consumer.beginning_offsets(tps)
-    ends = await consumer.end_offsets(tps)
-    out = []
-    for tp in tps:
-        meta = committed.get(tp)
-        offset = meta.offset if meta is not None and meta.offset >= 0 else None
-        out.append(PartitionOffsets(tp.topic, tp.partition, offset, starts[tp], ends[tp]))
-    return out
+    return await lag.offsets(admin, consumer, group, await kafka.partitions(consumer, *topics))
 
 
 async def show(settings: Settings, bootstrap: str, role: str

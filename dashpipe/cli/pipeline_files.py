@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def _parse_json(text: str, name: str) -> list[Any]:
 
 def _parse_yaml(text: str, name: str) -> list[Any]:
     try:
-        return list(yaml.load_all(text, Loader=_loader()))
+        return list(yaml.load_all(text, Loader=loader()))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -100,7 +101,7 @@ def _core_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
 
 
 @functools.cache
-def _loader() -> type[yaml.SafeLoader]:
+def loader() -> type[yaml.SafeLoader]:
     """A safe loader that resolves plain scalars by YAML 1.2's core schema (see `_CORE`)."""
     replaced = {*_CORE, "tag:yaml.org,2002:timestamp"}
 
@@ -136,41 +137,67 @@ def prepare(doc: dict[str, Any], existing: Pipeline | None) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One problem of one pipeline of a file: `index` its position, `name` its `label`, `loc`
+    the field path (`source_config.url`; empty: the whole pipeline). A `note` is a check that
+    needs the registry, made without one (`validate`): said, but not an error."""
+
+    index: int
+    name: str
+    loc: str
+    message: str
+    note: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.loc}: {self.message}" if self.loc else \
+            f"{self.name}: {self.message}"
+
+
 def check(docs: list[Any], existing: Mapping[str, Pipeline]) -> list[str]:
     """Every problem of every pipeline, one line each: `<id or #n>: <field path>: <message>`.
     An empty list means the whole file can be applied."""
-    errors: list[str] = []
+    return [str(p) for p in problems(docs, existing)]
+
+
+def problems(docs: list[Any], existing: Mapping[str, Pipeline], registry: bool = True
+             ) -> list[Problem]:
+    """The problems of `check`; without the `registry` (offline) what only the registry can
+    tell (a masked secret, a source pipeline outside the file) comes back as notes."""
+    out: list[Problem] = []
     first_at: dict[str, int] = {}
     for i, doc in enumerate(docs):
         name = label(i, doc)
         if not isinstance(doc, dict):
-            errors.append(f"{name}: expected a pipeline object, got {_kind(doc)}")
+            out.append(Problem(i, name, "", f"expected a pipeline object, got {_kind(doc)}"))
             continue
         pid = doc.get("id")
         if isinstance(pid, str) and pid:
             if pid in first_at:
-                errors.append(f"{name}: id: appears more than once in the file "
-                              f"(#{first_at[pid] + 1} and #{i + 1})")
+                out.append(Problem(i, name, "id", "appears more than once in the file "
+                                                  f"(#{first_at[pid] + 1} and #{i + 1})"))
                 continue
             first_at[pid] = i
         old = existing.get(pid) if isinstance(pid, str) else None
         data = prepare(doc, old)
         if old is None:
-            errors += [f"{name}: {path}: a masked value ({MASK}) only keeps the secret of an "
-                       "existing pipeline; give the real value" for path in masked_paths(data)]
+            out += [Problem(i, name, path, f"a masked value ({MASK}) only keeps the secret of "
+                            "an existing pipeline; give the real value", note=not registry)
+                    for path in masked_paths(data)]
         parent = _source_pipeline(data)
         if parent is not None and parent not in existing and \
                 not any(isinstance(d, dict) and d.get("id") == parent for d in docs):
-            errors.append(f"{name}: source_config.pipeline_id: pipeline {parent!r} not found "
-                          "(neither in the file nor in the registry)")
+            out.append(Problem(i, name, "source_config.pipeline_id",
+                               f"pipeline {parent!r} not found (neither in the file nor in "
+                               "the registry)" if registry else
+                               f"pipeline {parent!r} is not in the file (checked on apply)",
+                               note=not registry))
         try:
             parse(data)
         except Invalid as exc:
-            for e in exc.errors:
-                message = e["msg"].removeprefix("Value error, ")  # pydantic's wording
-                errors.append(f"{name}: {e['loc']}: {message}" if e["loc"] else
-                              f"{name}: {message}")
-    return errors
+            out += [Problem(i, name, e["loc"], e["msg"].removeprefix("Value error, "))
+                    for e in exc.errors]  # pydantic's wording
+    return out
 
 
 def _source_pipeline(doc: dict[str, Any]) -> str | None:

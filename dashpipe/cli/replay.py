@@ -8,9 +8,8 @@ import logging
 import sys
 from typing import Any
 
-import orjson
-
 from dashpipe.cli import pipeline_files, stack
+from dashpipe.cli.output import add_output, render
 from dashpipe.errors import DashpipeError
 from dashpipe.settings import ADMIN, Settings
 
@@ -30,6 +29,7 @@ def add_parser(sub: Any) -> None:
                         "order (default 1)")
     p.add_argument("--dry-run", action="store_true",
                    help="write nothing; print what would change against the current output")
+    add_output(p, default="json", choices=("json", "yaml"), json_alias=False)
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -80,5 +80,5 @@ async def _replay(settings: Settings, args: argparse.Namespace, candidate: Any) 
         except ReplayError as exc:
             print(f"dashpipe: error: {exc}", file=sys.stderr)
             return 2
-    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    print(render(summary, args.output))
     return 0

@@ -21,7 +21,7 @@ from agents.deliver.deliverer import run_deliverer
 from agents.ingest.poller import run_poller
 from agents.persist.persister import run_persist
 from agents.web.server import run_web
-from dashpipe import __version__
+from dashpipe import __version__, logs
 from dashpipe.errors import DashpipeError
 from dashpipe.runtime import Runtime
 from dashpipe.settings import Settings
@@ -70,7 +70,8 @@ async def run_roles(rt: Runtime, roles: list[str]) -> None:
     rt.metrics.set("dashpipe_info", 1, version=__version__, roles=",".join(roles))
     for role in roles:
         log.info("role %s ready (group %s)", role, rt.group(role))
-        tasks[asyncio.create_task(ROLES[role].main(rt), name=f"role {role}")] = role
+        main = logs.in_role(role, ROLES[role].main(rt))  # its records (json) name the role
+        tasks[asyncio.create_task(main, name=f"role {role}")] = role
     if "web" not in roles and rt.settings.web.metrics_port is not None:
         task = asyncio.create_task(serve_metrics(rt, rt.settings.web.metrics_port))
         tasks[task] = "metrics"  # a process without the web role still serves /metrics

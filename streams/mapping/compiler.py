@@ -3,8 +3,8 @@ per mapping version out of closures; nothing re-reads the spec per record. Pure:
 
 `compile_mapping(spec)(payload, received_at)` answers a `Mapped`: the rows that passed, the rows
 that failed (each with a reason naming the field, the path and the value's type) and how many
-rows the filter dropped. Row indexes are positions among the selected records, so lineage is
-stable whatever the filter keeps.
+rows the filter dropped; `map_raw` does the same from a raw record's bytes. Row indexes are
+positions among the selected records, so lineage is stable whatever the filter keeps.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from schemas.jsonpath import MISSING, compile_path
 from schemas.mapping import (
@@ -276,6 +278,21 @@ def _records(path: str | None) -> Callable[[Any], list[Any] | None]:
             return None
         return found
     return many
+
+
+MAX_DEAD_RECORD_BYTES = 64 * 1024  # a dead letter keeps at most this much of a bad payload
+
+
+def map_raw(run: Compiled, value: bytes | None, received_at: datetime) -> Mapped:
+    """One raw record's payload, as Bronze keeps it, through a compiled mapping: its rows,
+    or (not JSON) one error whose reason is the dead letter's. What the map role does to each
+    record, and what `dashpipe mapping test` shows."""
+    try:
+        payload = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        text = (value or b"")[:MAX_DEAD_RECORD_BYTES].decode("utf-8", "replace")
+        return Mapped([], [RowError(0, f"payload is not valid JSON: {exc}", text)])
+    return run(payload, received_at)
 
 
 def passthrough(payload: Any, received_at: datetime) -> Mapped:

@@ -29,7 +29,7 @@ from dashpipe.metrics import Metrics
 from schemas.headers import Header, header
 from schemas.pipeline import Pipeline, PipelineSource
 from schemas.records import SCHEMA_VERSION, dead_letter, raw_headers
-from streams.mapping.compiler import Compiled, Mapped, RowError, compile_mapping
+from streams.mapping.compiler import Compiled, Mapped, RowError, compile_mapping, map_raw
 from streams.mapping.dedup import Dedup
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON_OPTIONS = orjson.OPT_UTC_Z
-MAX_DEAD_RECORD_BYTES = 64 * 1024  # a dead letter keeps at most this much of a bad payload
 Out = dict[tuple[str, int], list[Record]]
 
 
@@ -147,13 +146,7 @@ class Mapper:
         c = self.compiled(p)
         ingest_id = headers.get(Header.INGEST_ID, b"").decode()
         received = datetime.fromtimestamp(record.timestamp / 1000, UTC)  # exact for ms
-        try:
-            payload = orjson.loads(record.value or b"")
-        except orjson.JSONDecodeError as exc:
-            self._dead(p, c, partition, record.offset,
-                       RowError(0, f"payload is not valid JSON: {exc}", _text(record.value)), out)
-            return
-        mapped: Mapped = c.run(payload, received)
+        mapped: Mapped = map_raw(c.run, record.value, received)
         names = self.rt.names
         transformed, parts = names.transformed, self.partitions[names.transformed]
         children = self.children().get(p.id) if self.feed_children else None
@@ -204,17 +197,15 @@ class Mapper:
         dlq = self.rt.names.dlq
         out[(dlq, partition_for(key, self.partitions[dlq]))].append((key, value, headers, None))
         self.rt.metrics.inc("dashpipe_map_dead_letters_total", pipeline_id=p.id)
+        log.debug("dead letter of %s at raw %d@%d row %d: %s", p.id, partition, offset,
+                  error.index, error.reason, extra={"pipeline_id": p.id})
 
     def _skip(self, pid: str) -> None:
         self.rt.metrics.inc("dashpipe_map_skipped_total", pipeline_id=pid)
         if pid not in self._skipped:
             self._skipped.add(pid)
-            log.info("skipping raw records of pipeline %s: it does not exist (deleted)", pid)
-
-
-def _text(value: bytes | None) -> str:
-    data = (value or b"")[:MAX_DEAD_RECORD_BYTES]
-    return data.decode("utf-8", "replace")
+            log.info("skipping raw records of pipeline %s: it does not exist (deleted)", pid,
+                     extra={"pipeline_id": pid})
 
 
 class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]

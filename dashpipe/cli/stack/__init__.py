@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from dashpipe.cli.stack import kafka, postgres
 from dashpipe.cli.stack import state as st
-from dashpipe.errors import ConfigError, StackError
+from dashpipe.errors import StackError, Unavailable
 from dashpipe.settings import Settings, TopicSettings
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,19 @@ class Endpoints:
 
 
 def endpoints(settings: Settings) -> Endpoints:
-    """Where Kafka and PostgreSQL are: the settings first, else the running local stack."""
+    """Where Kafka and PostgreSQL are: the settings first, else the running local stack
+    (`Unavailable` when neither names them: exit code 4, as for a stack that is down)."""
     state = st.load(settings.stack.state_dir)
     bootstrap = settings.kafka.bootstrap_servers
     if not bootstrap:
         if not state.kafka_port:
-            raise ConfigError("DASHPIPE_KAFKA_BOOTSTRAP_SERVERS is not set and the local stack "
+            raise Unavailable("DASHPIPE_KAFKA_BOOTSTRAP_SERVERS is not set and the local stack "
                               "is not up: run `dashpipe up`")
         bootstrap = ",".join(f"127.0.0.1:{p}" for p in state.kafka_ports or [state.kafka_port])
     db = settings.database.url
     if db is None:
         if not state.pg_port:
-            raise ConfigError("DASHPIPE_DATABASE_URL is not set and the local stack is not up: "
+            raise Unavailable("DASHPIPE_DATABASE_URL is not set and the local stack is not up: "
                               "run `dashpipe up`")
         db = SecretStr(postgres.url(state))
     return Endpoints(bootstrap, db, not settings.kafka.bootstrap_servers,

@@ -17,6 +17,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
+from dashpipe.cli.stack import maven
 from dashpipe.cli.stack import state as st
 from dashpipe.errors import StackError, ToolMissing
 from dashpipe.settings import StackSettings
@@ -35,8 +36,9 @@ def need(tool: str, hint: str) -> str:
     return path
 
 
-def libs_dir(stack: StackSettings) -> Path:
-    """The broker's classpath folder, resolved with Maven on first use and reused after."""
+def libs_dir(stack: StackSettings, say: maven.Say = maven.stderr) -> Path:
+    """The broker's classpath folder, resolved with Maven on first use (progress through
+    `say`) and reused after."""
     home = stack.cache_dir.expanduser().resolve() / f"kafka-{stack.kafka_version}"
     libs = home / "libs"
     if (home / "complete").exists():
@@ -47,17 +49,8 @@ def libs_dir(stack: StackSettings) -> Path:
     (home / "pom.xml").write_text(template.replace("@KAFKA_VERSION@", stack.kafka_version))
     staging = home / "libs.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    log.info("resolving Apache Kafka %s from Maven Central into %s", stack.kafka_version, libs)
-    done = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(home / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
-    )
-    if done.returncode != 0:
-        raise StackError(
-            f"mvn could not resolve org.apache.kafka:kafka_2.13:{stack.kafka_version}:\n"
-            + (done.stdout + done.stderr)[-2000:]
-        )
+    maven.resolve(mvn, home / "pom.xml", staging,
+                  f"org.apache.kafka:kafka_2.13:{stack.kafka_version}", say)
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     (home / "complete").write_text(stack.kafka_version)

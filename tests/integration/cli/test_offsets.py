@@ -83,7 +83,7 @@ async def test_a_reset_is_refused_while_the_role_runs_and_allowed_after(
         assert "with 1 member(s): stop every persist process first" in str(refused.value)
         code, out, err = await dashpipe("offsets", "reset", "--role", "persist", "--to",
                                         "earliest")
-        assert (code, out) == (2, "")
+        assert (code, out) == (1, "")  # refused: a failure (exit codes: dashpipe.cli.exits)
         assert err.startswith(f"dashpipe: error: consumer group "
                               f"{settings.kafka.group_prefix}-persist is Stable with 1 "
                               "member(s): stop every persist process first")

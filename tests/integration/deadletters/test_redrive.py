@@ -112,7 +112,7 @@ async def test_rows_that_still_fail_are_reported_as_new_dead_letters(
                                   by_row[(1, 1)])
     assert code == 0 and out.startswith(f"{by_row[(1, 1)]} map: mapped: 1 row(s)")
     assert (await dashpipe("dlq", "redrive", "--pipeline", "bad", "--offset",
-                           by_row[(1, 1)]))[0] == 2  # resolved now: not found
+                           by_row[(1, 1)]))[0] == 3  # resolved now: not found
 
     code, out, err = await dashpipe("dlq", "redrive", "--pipeline", "bad")
     assert code == 1, (out, err)  # something still fails
@@ -129,7 +129,7 @@ async def test_rows_that_still_fail_are_reported_as_new_dead_letters(
     for line in done:  # each report names the new dead letter that replaces the old one
         assert any(f"(new dead letter {d['position']})" in line for d in after["dead_letters"])
     code, _, err = await dashpipe("dlq", "list", "--pipeline", "nope")
-    assert (code, err) == (2, "dashpipe: error: pipeline 'nope' not found\n")
+    assert (code, err) == (3, "dashpipe: error: pipeline 'nope' not found\n")
 
 
 async def test_persist_and_deliver_dead_letters_are_sent_again(

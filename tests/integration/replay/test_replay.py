@@ -199,6 +199,11 @@ async def test_the_api_previews_and_runs_replays_for_the_owning_team(
             async with http.post(url, json={"from": "0", "workers": workers}, headers=a) as r:
                 assert r.status == 400
                 assert (await r.json())["error"] == "workers: an integer from 1 to 8"
+        # found by schemathesis: `"to": {}` started a replay to the end, `"dry_run": "no"`
+        # was a dry run
+        for bad in ({"to": {}}, {"to": True}, {"dry_run": "no"}, {"from": True}):
+            async with http.post(url, json={"from": "0", **bad}, headers=a) as r:
+                assert r.status == 400, bad
         before = await topic_size(settings, rt.names.transformed)
         async with http.post(url, json={"from": "0", "mapping": V2}, headers=a) as r:
             assert r.status == 202 and (await r.json())["mapping_version"] == 2

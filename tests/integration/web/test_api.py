@@ -92,6 +92,28 @@ async def test_invalid_input_is_422_with_field_paths(client: Any) -> None:
         assert "invalid JSON at line 1" in (await r.json())["error"]
 
 
+async def test_fields_of_the_wrong_json_type_are_422_not_500(client: Any) -> None:
+    # found by schemathesis: an object as `id` or `source_type` was a TypeError (500)
+    for field in ("id", "source_type", "type"):
+        async with client.post("/api/pipelines", json=webhook_pipeline(**{field: {}}),
+                               headers=auth("tok-a")) as r:
+            assert r.status == 422, field
+            assert field in {e["loc"] for e in (await r.json())["errors"]}
+
+
+async def test_a_patch_of_a_field_that_does_not_exist_is_422(client: Any) -> None:
+    # found by schemathesis: `{"nope": null}` removed nothing and answered 200
+    async with client.post("/api/pipelines", json=webhook_pipeline(), headers=auth("tok-a")) as r:
+        pid = (await r.json())["id"]
+    async with client.patch(f"/api/pipelines/{pid}", json={"nope": None, "name": "x"},
+                            headers=auth("tok-a")) as r:
+        assert r.status == 422
+        assert [e["loc"] for e in (await r.json())["errors"]] == ["nope"]
+    async with client.patch(f"/api/pipelines/{pid}", json={"cursor": None, "name": "x"},
+                            headers=auth("tok-a")) as r:
+        assert r.status == 200  # a view's read-only field: ignored, as in a PUT
+
+
 async def test_the_original_designs_shapes_are_accepted_or_get_one_clear_error(
         client: Any) -> None:
     seed = polling_pipeline()

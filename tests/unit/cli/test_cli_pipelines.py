@@ -187,7 +187,7 @@ def test_parser_knows_the_pipelines_commands() -> None:
     p = cli.parser()
     assert p.parse_args(["pipelines", "apply", "-f", "x.yaml"]).file == "x.yaml"
     assert p.parse_args(["pipelines", "get", "a", "-o", "yaml"]).output == "yaml"
-    assert p.parse_args(["pipelines", "list", "--json"]).json
+    assert p.parse_args(["pipelines", "list", "--json"]).output == "json"  # -o json's alias
     for action in ("pause", "resume", "delete"):
         assert p.parse_args(["pipelines", action, "a"]).id == "a"
     assert p.parse_args(["demo"]).command == "demo"

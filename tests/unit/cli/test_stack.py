@@ -8,7 +8,7 @@ from dashpipe import cli
 from dashpipe.cli import stack
 from dashpipe.cli.stack import kafka, postgres
 from dashpipe.cli.stack import state as st
-from dashpipe.errors import ConfigError, ToolMissing
+from dashpipe.errors import ToolMissing, Unavailable
 from dashpipe.settings import (
     DatabaseSettings,
     KafkaSettings,
@@ -50,7 +50,7 @@ def test_missing_java_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_endpoints_without_stack_or_settings_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="run `dashpipe up`"):
+    with pytest.raises(Unavailable, match="run `dashpipe up`"):
         stack.endpoints(_settings(tmp_path))
 
 

@@ -54,3 +54,13 @@ def test_a_fitting_source_type_still_reports_its_config_errors() -> None:
         Pipeline.model_validate({"id": "p", "team_id": "t", "name": "n", "type": "realtime",
                                  "source_type": "webhook", "source_config": {}})
     assert [e["loc"] for e in err.value.errors()] == [("source_config", "webhook_secret")]
+
+
+@pytest.mark.parametrize("odd", [{}, [], 1, None, True])
+def test_a_type_field_of_any_json_type_is_a_field_error_not_a_crash(odd: Any) -> None:
+    # found by schemathesis: `"source_type": {}` was a TypeError (a 500 from the API)
+    doc = polling() | {"source_type": odd, "sinks": [{"sink_type": odd, "sink_config": {}}]}
+    with pytest.raises(ValidationError) as err:
+        Pipeline.model_validate(doc)
+    locs = {e["loc"] for e in err.value.errors()}
+    assert {("source_type",), ("sinks", 0, "sink_type")} <= locs

@@ -1,0 +1,77 @@
+"""Consumer group offsets and lag: per partition, what a group committed against the log's
+start and end. `dashpipe offsets` (the CLI) and the console's lag (`GET
+/api/pipelines/{id}/lag`) both read them here.
+
+A member-less client may commit for a group only while the group is `Empty` or `Dead`, which is
+why `GroupState` knows whether it can be reset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from dashpipe.errors import DashpipeError
+
+RESETTABLE = ("Empty", "Dead")
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    topic: str
+    partition: int
+    committed: int | None  # None: the group never committed here
+    start: int  # the earliest offset still in the log
+    end: int
+
+    @property
+    def lag(self) -> int:
+        """Records the group has yet to read (from the earliest offset when it has no commit:
+        the roles start there)."""
+        return max(0, self.end - max(self.start, self.committed if self.committed is not None
+                                     else self.start))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "lag": self.lag}
+
+
+@dataclass(frozen=True)
+class GroupState:
+    group: str
+    state: str  # Kafka's: Empty, Dead, Stable, PreparingRebalance, CompletingRebalance, ...
+    members: int
+
+    @property
+    def resettable(self) -> bool:
+        return self.state in RESETTABLE and self.members == 0
+
+
+async def describe_group(admin: Any, group: str) -> GroupState:
+    [response] = await admin.describe_consumer_groups([group])
+    error, group_id, state, _, _, members, *_ = response.groups[0]
+    if error:
+        raise DashpipeError(f"describing consumer group {group}: Kafka error {error}")
+    return GroupState(group_id, state, len(members))
+
+
+async def offsets(admin: Any, consumer: Any, group: str, tps: list[TopicPartition]
+                  ) -> list[PartitionOffsets]:
+    """Per partition of `tps`: the group's committed offset, the log's start and end (the
+    consumer needs no group: it only asks for the log's bounds)."""
+    committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    starts = await consumer.beginning_offsets(tps)
+    ends = await consumer.end_offsets(tps)
+    out = []
+    for tp in tps:
+        meta = committed.get(tp)
+        offset = meta.offset if meta is not None and meta.offset >= 0 else None
+        out.append(PartitionOffsets(tp.topic, tp.partition, offset, starts[tp], ends[tp]))
+    return out
+
+
+async def committed_topics(admin: Any, group: str) -> set[str]:
+    """The topics the group has committed offsets on (what it consumes, as far as the log
+    knows): a reader that does not know the group's role learns its inputs here."""
+    return {tp.topic for tp in await admin.list_consumer_group_offsets(group)}
