@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -58,6 +60,20 @@ def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
+def _http_url(value: str) -> str:
+    """An http(s) URL that parses and names a host (`http://[oops` does not)."""
+    try:
+        host = urlsplit(value).hostname
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if not host:
+        raise ValueError("not a valid URL: no host")
+    return value
+
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://"), AfterValidator(_http_url)]
+
+
 # HTTP methods: any case accepted (`get`, as many API docs write it), kept upper case; the
 # JSON Schema lists both cases so that editors accept what the API does
 PollMethod = Annotated[Literal["GET", "POST", "PUT", "PATCH"], BeforeValidator(_upper),
@@ -90,8 +106,8 @@ class _Auth(_Config):
     api_key: str | None = None
     username: str | None = None
     password: str | None = None
-    token_url: str | None = Field(default=None, pattern=r"^https?://",
-                                  description="OAuth2 token endpoint (client credentials)")
+    token_url: HttpUrl | None = Field(default=None,
+                                      description="OAuth2 token endpoint (client credentials)")
     client_id: str | None = None
     client_secret: str | None = None
     client_auth: Literal["basic", "body"] = Field(
@@ -113,7 +129,7 @@ class _Auth(_Config):
 
 
 class HttpApiSource(_Auth):
-    url: str = Field(pattern=r"^https?://", description="http(s) URL to poll")
+    url: HttpUrl = Field(description="http(s) URL to poll")
     method: PollMethod = "GET"
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     body: Any = None
@@ -128,7 +144,7 @@ class HttpApiSource(_Auth):
 
 
 class GraphQLSource(_Auth):
-    url: str = Field(pattern=r"^https?://")
+    url: HttpUrl
     query: str = Field(min_length=1)
     variables: dict[str, Any] = Field(default_factory=dict)
     pagination: Pagination | None = None
@@ -201,7 +217,7 @@ class Batching(_Config):
 
 
 class _SinkCommon(_Config):
-    url: str = Field(pattern=r"^https?://", description="where rows are sent")
+    url: HttpUrl = Field(description="where rows are sent")
     timeout_seconds: float = Field(default=15.0, gt=0, le=120)
     concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight")
     headers: dict[str, str] = Field(default_factory=dict)

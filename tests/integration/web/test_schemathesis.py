@@ -30,6 +30,11 @@ ENDLESS = r"/api/pipelines/\{id\}/(events|ws)$"
 # config's fields (`auth_type: bearer` needs a `token`), the caller (`team_id`: the
 # admin's must name one, a team's must be its own).
 SKIPPED_CHECKS = "positive_data_acceptance"
+# Links for the stateful phase from the document's dependencies only: the location-headers
+# inference also scans every answer's strings for URLs and fails the run on one that does
+# not parse (schemathesis 4.32: `ValueError: Invalid IPv6 URL` from a generated header value
+# such as `http://[` that a pipeline's view echoes back)
+CONFIG = '[phases.stateful.inference]\nalgorithms = ["dependency-analysis"]\n'
 UNDOCUMENTED = "(other methods on documented paths)"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # One worker: with two, CPython 3.11's `ast.parse` (hypothesis calls it to describe
@@ -98,8 +103,10 @@ async def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(
     async with aiohttp.ClientSession(rt.web_url) as session, \
             session.get("/api/openapi.json") as r:  # would leave that operation out
         document.write_bytes(await r.read())
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CONFIG)
     proc = await asyncio.create_subprocess_exec(
-        str(SCHEMATHESIS), "run", str(document), "--url", rt.web_url,
+        str(SCHEMATHESIS), "--config-file", str(config), "run", str(document), "--url", rt.web_url,
         "--header", f"Authorization: Bearer {ADMIN}", "--checks", "all",
         "--exclude-checks", SKIPPED_CHECKS,
         "--max-examples", str(EXAMPLES), "--exclude-path-regex", ENDLESS,

@@ -64,3 +64,15 @@ def test_a_type_field_of_any_json_type_is_a_field_error_not_a_crash(odd: Any) ->
         Pipeline.model_validate(doc)
     locs = {e["loc"] for e in err.value.errors()}
     assert {("source_type",), ("sinks", 0, "sink_type")} <= locs
+
+
+@pytest.mark.parametrize(("url", "why"), [("http://[oops", "Invalid IPv6 URL"),
+                                          ("https://", "no host"), ("ftp://x", "pattern")])
+def test_a_url_that_does_not_parse_is_refused_by_name(url: str, why: str) -> None:
+    for model, field in ((HttpApiSource, {"url": url}), (HttpApiSink, {"url": url}),
+                         (HttpApiSource, {"url": "https://ok.example", "token_url": url})):
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate(field)
+        [error] = caught.value.errors()
+        assert error["loc"] in (("url",), ("token_url",)) and why in error["msg"]
+    HttpApiSource.model_validate({"url": "https://api.example.com:8443/v1?x=1"})
