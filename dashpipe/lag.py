@@ -8,14 +8,40 @@ why `GroupState` knows whether it can be reset.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    NotCoordinatorError,
+)
 
 from dashpipe.errors import DashpipeError
 
 RESETTABLE = ("Empty", "Dead")
+SETTLE_SECONDS = 30.0  # a fresh broker creates __consumer_offsets on the first group request
+# a coordinator that does not exist yet, is loading or moved: asked again
+SETTLING = (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError,
+            NotCoordinatorError)
+T = TypeVar("T")
+
+
+async def settled(call: Callable[[], Awaitable[T]], seconds: float = SETTLE_SECONDS) -> T:
+    """`call()` again while the group coordinator settles, for up to `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + seconds, 0.2
+    while True:
+        try:
+            return await call()
+        except SETTLING:
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 @dataclass(frozen=True)
@@ -49,7 +75,7 @@ class GroupState:
 
 
 async def describe_group(admin: Any, group: str) -> GroupState:
-    [response] = await admin.describe_consumer_groups([group])
+    [response] = await settled(lambda: admin.describe_consumer_groups([group]))
     error, group_id, state, _, _, members, *_ = response.groups[0]
     if error:
         raise DashpipeError(f"describing consumer group {group}: Kafka error {error}")
@@ -60,7 +86,7 @@ async def offsets(admin: Any, consumer: Any, group: str, tps: list[TopicPartitio
                   ) -> list[PartitionOffsets]:
     """Per partition of `tps`: the group's committed offset, the log's start and end (the
     consumer needs no group: it only asks for the log's bounds)."""
-    committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    committed = await settled(lambda: admin.list_consumer_group_offsets(group, partitions=tps))
     starts = await consumer.beginning_offsets(tps)
     ends = await consumer.end_offsets(tps)
     out = []
@@ -74,4 +100,4 @@ async def offsets(admin: Any, consumer: Any, group: str, tps: list[TopicPartitio
 async def committed_topics(admin: Any, group: str) -> set[str]:
     """The topics the group has committed offsets on (what it consumes, as far as the log
     knows): a reader that does not know the group's role learns its inputs here."""
-    return {tp.topic for tp in await admin.list_consumer_group_offsets(group)}
+    return {tp.topic for tp in await settled(lambda: admin.list_consumer_group_offsets(group))}
