@@ -18,6 +18,7 @@ from aiokafka.errors import (
     CoordinatorLoadInProgressError,
     GroupCoordinatorNotAvailableError,
     NotCoordinatorError,
+    for_code,
 )
 
 from dashpipe.errors import DashpipeError
@@ -75,11 +76,17 @@ class GroupState:
 
 
 async def describe_group(admin: Any, group: str) -> GroupState:
-    [response] = await settled(lambda: admin.describe_consumer_groups([group]))
-    error, group_id, state, _, _, members, *_ = response.groups[0]
-    if error:
-        raise DashpipeError(f"describing consumer group {group}: Kafka error {error}")
-    return GroupState(group_id, state, len(members))
+    async def describe() -> GroupState:
+        [response] = await admin.describe_consumer_groups([group])
+        error, group_id, state, _, _, members, *_ = response.groups[0]
+        if error:
+            kind = for_code(error)
+            if issubclass(kind, SETTLING):  # in the answer, not raised by the client
+                raise kind()
+            raise DashpipeError(f"describing consumer group {group}: {kind.__name__}")
+        return GroupState(group_id, state, len(members))
+
+    return await settled(describe)
 
 
 async def offsets(admin: Any, consumer: Any, group: str, tps: list[TopicPartition]
