@@ -2,8 +2,8 @@
 
 Usage: `python bench/run_all.py [--quick]` (`--quick` is passed through to each benchmark;
 each quick form takes about a minute or less). The ones that drive the web role with `wrk`
-(`bench_overload.py`, `bench_webhook.py`) run last: their exit code 2 for a missing `wrk`
-would otherwise stop the rest, as a broker that is not up rightly does.
+(`bench_overload.py`, `bench_peers.py`, `bench_webhook.py`) run last: their exit code 2 for a
+missing `wrk` would otherwise stop the rest, as a broker that is not up rightly does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-NEED_WRK = ("bench_overload.py", "bench_webhook.py")
+NEED_WRK = ("bench_overload.py", "bench_peers.py", "bench_webhook.py")
 
 
 def main(argv: list[str] | None = None) -> int:
