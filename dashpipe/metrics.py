@@ -115,9 +115,16 @@ class _Histogram:
         self.counts = [0] * (len(BUCKETS) + 1)  # the last one: above every bound
         self.total = 0.0
 
-    def observe(self, value: float, times: int = 1) -> None:
-        self.counts[bisect_left(BUCKETS, value)] += times
-        self.total += value * times
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, total = self.counts, 0.0
+        for value in values:
+            counts[bisect_left(BUCKETS, value)] += 1
+            total += value
+        self.total += total
 
 
 class Metrics:
@@ -166,26 +173,18 @@ class Metrics:
     def observe(self, name: str, seconds: float, **labels: str) -> None:
         self.observe_key(name, labels_key(**labels), seconds)
 
-    def observe_key(self, name: str, key: Labels, seconds: float, times: int = 1) -> None:
+    def observe_key(self, name: str, key: Labels, seconds: float) -> None:
+        self._series(name, key).observe(seconds)
+
+    def observe_many(self, name: str, key: Labels, values: Iterable[float]) -> None:
+        self._series(name, key).observe_many(values)
+
+    def _series(self, name: str, key: Labels) -> _Histogram:
         series = self._histograms[name]
         hist = series.get(key)
         if hist is None:
             hist = series[key] = _Histogram()
-        hist.observe(seconds, times)
-
-    def observe_many(self, name: str, key: Labels, values: Iterable[float]) -> None:
-        hist = self._histograms[name].get(key)
-        if hist is None:
-            hist = self._histograms[name][key] = _Histogram()
-        counts = hist.counts
-        for value in values:
-            counts[bisect_left(BUCKETS, value)] += 1
-            hist.total += value
-
-    def count(self, name: str, **labels: str) -> int:
-        """How many observations a histogram series holds."""
-        hist = self._histograms.get(name, {}).get(labels_key(**labels))
-        return sum(hist.counts) if hist else 0
+        return hist
 
     # exposition
     def sampler(self, sample: Sampler) -> None:
