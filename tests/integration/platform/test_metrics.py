@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dashpipe import __version__
@@ -42,7 +41,6 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.mark.storages("timescaledb")
 async def test_every_role_exposes_checked_metrics_and_readiness(
         start_roles: Any, settings: Settings, db: asyncpg.Pool) -> None:
     receiver = Receiver()
