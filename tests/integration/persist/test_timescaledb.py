@@ -86,9 +86,14 @@ async def test_a_replay_into_a_compressed_chunk_updates_the_rows_in_place(
                     [readings(("a", old, 20.5), ("b", old, 18.0), ("c", old + 90000, 1.0))])
     await wait_until(lambda: _equals(count(db, "sensors"), 3), what="3 rows stored")
     ext = await _ext(db)
-    chunks = await db.fetch(f"SELECT {ext}.compress_chunk(c, if_not_compressed => TRUE) "
-                            f"FROM {ext}.show_chunks('pipeline_data') c")
-    assert len(chunks) == 2  # two days, two chunks, both compressed now
+    chunks = await db.fetch(f"SELECT c FROM {ext}.show_chunks('pipeline_data') c")
+    assert len(chunks) == 2  # two days, two chunks
+    for (chunk,) in chunks:
+        try:
+            await db.execute(f"SELECT {ext}.compress_chunk($1, if_not_compressed => TRUE)",
+                             chunk)
+        except asyncpg.DuplicateObjectError:
+            pass  # the compression policy's job got to it first: compressed either way
     assert await _compressed(db) == 2
     # the same readings again, b corrected: an overlapping poll or a replay
     await write_raw(settings, rt.names.raw, "sensors",
