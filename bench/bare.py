@@ -1,7 +1,9 @@
 """Bare baselines the benchmarks run in subprocesses (not a benchmark itself).
 
-- `python bench/bare.py sink --port P`: an aiohttp app answering any `POST /webhooks/{id}`
-  with an empty 202 after reading the body; nothing else (no signature, no Kafka).
+- `python bench/bare.py sink --port P [--reuse-port]`: an aiohttp app answering any
+  `POST /webhooks/{id}` with an empty 202 after reading the body; nothing else (no signature,
+  no Kafka). `--reuse-port`: N of them share the port (SO_REUSEPORT), as `dashpipe run web
+  --processes N` does.
 - `python bench/bare.py api --port P`: the local API the poll benchmark polls; `GET /data/{n}`
   answers a ~700-byte JSON document (`application/json`).
 - `python bench/bare.py broadcast --port P`: a bare SSE broadcast: `GET /events` streams
@@ -52,10 +54,10 @@ def document(n: int, size: int = BODY_SIZE) -> bytes:
     return orjson.dumps(doc)
 
 
-async def serve(app: web.Application, port: int) -> None:
+async def serve(app: web.Application, port: int, reuse_port: bool = False) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port or None).start()
     print(f"listening on {port}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -211,6 +213,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="mode", required=True)
     for mode in ("sink", "api", "broadcast", "receiver"):
         sub.add_parser(mode).add_argument("--port", type=int, required=True)
+    sub.choices["sink"].add_argument("--reuse-port", action="store_true",
+                                     help="SO_REUSEPORT: several sinks share the port")
     post = sub.add_parser("post")
     post.add_argument("--url", required=True)
     post.add_argument("--file", type=Path, required=True,
@@ -232,7 +236,7 @@ def main() -> None:
     else:
         apps = {"sink": sink_app, "api": api_app, "broadcast": broadcast_app,
                 "receiver": receiver_app}
-        asyncio.run(serve(apps[args.mode](), args.port))
+        asyncio.run(serve(apps[args.mode](), args.port, getattr(args, "reuse_port", False)))
 
 
 if __name__ == "__main__":

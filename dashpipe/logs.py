@@ -32,6 +32,9 @@ ROLE: ContextVar[str | None] = ContextVar("dashpipe_role", default=None)
 PIPELINE_ID: ContextVar[str | None] = ContextVar("dashpipe_pipeline_id", default=None)
 
 TEXT_FORMAT = "[%(asctime)s] [%(process)s] [%(levelname)s] %(message)s"  # as mode's worker's
+# of web process #i of `dashpipe run web --processes N`: the pid and the index, which names its
+# metrics port (DASHPIPE_WEB_METRICS_PORT + i)
+CHILD_TEXT_FORMAT = "[%(asctime)s] [%(process)s #{index}] [%(levelname)s] %(message)s"
 SETTLE_SECONDS = 60.0  # how long after start retried coordinator errors are only INFO
 MASK = "***"
 
@@ -90,8 +93,9 @@ class TextFormatter(logging.Formatter):
     """mode's worker format (what `dashpipe run` printed before), secrets masked, without
     Faust's terminal tables: a record stays on one line unless it carries a traceback."""
 
-    def __init__(self, masker: Masker) -> None:
-        super().__init__(TEXT_FORMAT)
+    def __init__(self, masker: Masker, process_index: int | None = None) -> None:
+        super().__init__(TEXT_FORMAT if process_index is None
+                         else CHILD_TEXT_FORMAT.format(index=process_index))
         self.masker = masker
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -112,13 +116,16 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line: `time` (RFC 3339, UTC), `level`, `logger`,
-    `message`, `pid`; `roles` (the process's), `role`, `pipeline_id` and `trace_id` when
-    known; `exc_type` and `exc` (the traceback as one string) for an exception."""
+    `message`, `pid`; `roles` (the process's), `process_index` (`--processes`), `role`,
+    `pipeline_id` and `trace_id` when known; `exc_type` and `exc` (the traceback as one
+    string) for an exception."""
 
-    def __init__(self, masker: Masker, roles: Sequence[str] = ()) -> None:
+    def __init__(self, masker: Masker, roles: Sequence[str] = (),
+                 process_index: int | None = None) -> None:
         super().__init__()
         self.masker = masker
         self.roles = list(roles)
+        self.process_index = process_index
 
     def format(self, record: logging.LogRecord) -> str:
         mask = self.masker
@@ -132,6 +139,8 @@ class JsonFormatter(logging.Formatter):
         }
         if self.roles:
             doc["roles"] = self.roles
+        if self.process_index is not None:
+            doc["process_index"] = self.process_index
         for key, var in (("role", ROLE), ("pipeline_id", PIPELINE_ID)):
             value = getattr(record, key, None) or var.get()
             if value:
@@ -214,11 +223,13 @@ _started: float | None = None
 
 
 def configure(fmt: LogFormat = "text", *, secrets: Iterable[str] = (),
-              roles: Sequence[str] = (), level: int | str | None = None) -> None:
+              roles: Sequence[str] = (), level: int | str | None = None,
+              process_index: int | None = None) -> None:
     """Install (or replace) dashpipe's handler on the root logger. Called by the CLI and
-    again by `dashpipe run` once it knows its roles, its level and every secret. When the
-    root logger already has handlers that are not ours, whoever installed them owns the
-    output (a test runner, a program embedding dashpipe): they stay, nothing is added."""
+    again by `dashpipe run` once it knows its roles, its level and every secret (and, in a
+    process started by `--processes`, its index). When the root logger already has handlers
+    that are not ours, whoever installed them owns the output (a test runner, a program
+    embedding dashpipe): they stay, nothing is added."""
     global _started
     if _started is None:
         _started = time.monotonic()
@@ -230,8 +241,8 @@ def configure(fmt: LogFormat = "text", *, secrets: Iterable[str] = (),
         root.removeHandler(old)
     masker = Masker(secrets)
     handler = Handler(sys.stderr)
-    handler.setFormatter(JsonFormatter(masker, roles) if fmt == "json"
-                         else TextFormatter(masker))
+    handler.setFormatter(JsonFormatter(masker, roles, process_index) if fmt == "json"
+                         else TextFormatter(masker, process_index))
     handler.addFilter(ClientFaults())
     handler.addFilter(Settling(_started))
     root.addHandler(handler)

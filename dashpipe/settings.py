@@ -92,7 +92,11 @@ class WebSettings(BaseSettings):
     port: int = Field(default=8080, ge=0, lt=65536, description="0: any free port")
     metrics_port: int | None = Field(
         default=None, ge=0, lt=65536, description="a process without the web role serves "
-        "/metrics and /healthz here (unset: it serves nothing)")
+        "/metrics and /healthz here (unset: it serves nothing); a web process that shares "
+        "its port (reuse_port) serves them here too")
+    reuse_port: bool = Field(
+        default=False, description="listen with SO_REUSEPORT, sharing the port with other web "
+        "processes (the kernel spreads connections over them); `--processes` sets it")
     webhooks_in_flight: int = Field(
         default=256, ge=1, description="webhook requests this process takes at once (read, "
         "checked, awaiting Kafka's ack); past it 503 with Retry-After, before the body is read")

@@ -115,7 +115,9 @@ async def run_web(rt: Runtime) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     fast_webhooks(runner, app[ADMISSION].guard(receiver.receive), rt.registry.pipelines)
-    site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port)
+    # reuse_port: `dashpipe run web --processes N` runs N of these on one port
+    site = web.TCPSite(runner, rt.settings.web.host, rt.settings.web.port,
+                       reuse_port=rt.settings.web.reuse_port)
     await site.start()
     port = runner.addresses[0][1]
     rt.web_url = f"http://{rt.settings.web.host}:{port}"

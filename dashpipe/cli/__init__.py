@@ -136,9 +136,28 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise DashpipeError(f"unknown role {unknown[0]!r}; roles are: {', '.join(ROLES)}")
+    _check_processes(settings, roles, args.processes)
     settings, ends = stack.resolved(settings)  # the local stack's database too
-    run(settings, ends.bootstrap_servers, roles, loglevel=args.log_level)
+    if args.processes > 1:
+        from dashpipe.cli.web_processes import run_web_processes
+
+        return run_web_processes(settings, args.processes, args.log_level)
+    run(settings, ends.bootstrap_servers, roles, loglevel=args.log_level,
+        process_index=args.process_index)
     return 0
+
+
+def _check_processes(settings: Settings, roles: list[str], n: int) -> None:
+    if n < 1:
+        raise DashpipeError(f"--processes must be at least 1, not {n}")
+    if n > 1 and roles != ["web"]:
+        raise DashpipeError("--processes runs several processes of the web role only: "
+                            "`dashpipe run web --processes N` (the other roles scale by "
+                            "partitions, one process each)")
+    metrics = settings.web.metrics_port
+    if n > 1 and metrics and metrics + n > 65536:
+        raise DashpipeError(f"--processes {n}: DASHPIPE_WEB_METRICS_PORT {metrics} + "
+                            f"{n - 1} is past the last port")
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -258,6 +277,11 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run roles (all of them when none is named)")
     run.add_argument("roles", nargs="*", metavar="ROLE")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
+    run.add_argument("--processes", type=int, default=1, metavar="N",
+                     help="web only: N processes sharing the web port (SO_REUSEPORT), one "
+                          "core each; process i serves /metrics on DASHPIPE_WEB_METRICS_PORT "
+                          "+ i (default 1)")
+    run.add_argument("--process-index", type=int, help=argparse.SUPPRESS)  # set by --processes
     topics = sub.add_parser("topics", help="the topic catalogue")
     topics.add_argument("action", choices=["create", "describe"])
     add_output(topics)

@@ -86,9 +86,11 @@ class RolesWorker(Worker):
         super().stop_and_shutdown()
 
 
-def run(settings: Settings, bootstrap: str, roles: list[str], loglevel: str = "info") -> None:
+def run(settings: Settings, bootstrap: str, roles: list[str], loglevel: str = "info",
+        process_index: int | None = None) -> None:
     """Run the roles in this process until a signal stops them (exit 0) or one of them fails
-    (exit `EXIT_FAILED`)."""
+    (exit `EXIT_FAILED`). `process_index`: this is web process #i of `--processes` (its log
+    lines say so)."""
     import mode.loop
 
     mode.loop.use("uvloop")  # faust-streaming[uvloop]: fewer CPU seconds per request
@@ -103,7 +105,7 @@ def run(settings: Settings, bootstrap: str, roles: list[str], loglevel: str = "i
     # Faust's and aiokafka's arguments into multi-line tables: logging stays ours (text or
     # JSON, secrets masked, now including the local stack's database password)
     logs.configure(settings.log.format, secrets=secret_values(settings), roles=roles,
-                   level=loglevel)
+                   level=loglevel, process_index=process_index)
     worker = RolesWorker(make_app(settings, bootstrap, roles, failed), loglevel=loglevel,
                          quiet=True, override_logging=False)
     worker.spinner = None  # faust's progress spinner draws on stdout: log lines say the same

@@ -72,9 +72,13 @@ async def run_roles(rt: Runtime, roles: list[str]) -> None:
         log.info("role %s ready (group %s)", role, rt.group(role))
         main = logs.in_role(role, ROLES[role].main(rt))  # its records (json) name the role
         tasks[asyncio.create_task(main, name=f"role {role}")] = role
-    if "web" not in roles and rt.settings.web.metrics_port is not None:
-        task = asyncio.create_task(serve_metrics(rt, rt.settings.web.metrics_port))
-        tasks[task] = "metrics"  # a process without the web role still serves /metrics
+    # a process without the web role still serves /metrics; so does a web process that
+    # shares its port with others (`--processes`), whose port answers for any one of them
+    shared = "web" in roles and rt.settings.web.reuse_port
+    if ("web" not in roles or shared) and rt.settings.web.metrics_port is not None:
+        task = asyncio.create_task(serve_metrics(rt, rt.settings.web.metrics_port,
+                                                   web_role=shared))
+        tasks[task] = "metrics"
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -153,10 +157,11 @@ def _secrets_in(value: Any) -> Iterator[str]:
             yield from _secrets_in(item)
 
 
-async def serve_metrics(rt: Runtime, port: int) -> None:
+async def serve_metrics(rt: Runtime, port: int, web_role: bool = False) -> None:
     """`/metrics`, `/healthz` and `/readyz` of a process that runs no web role (Prometheus
     scrapes each process: a role's counters live in its own process; an orchestrator asks
-    each whether it is ready)."""
+    each whether it is ready), or of a web process that shares its port with others
+    (`web_role`: ready once the web role listens)."""
     from aiohttp import web
 
     from dashpipe import http
@@ -165,7 +170,9 @@ async def serve_metrics(rt: Runtime, port: int) -> None:
         return http.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if (reason := await rt.not_ready()) is not None:
+        reason = ("web is not listening yet" if web_role and not rt.web_ready.is_set()
+                  else await rt.not_ready())
+        if reason is not None:
             return http.error(503, reason, {"Retry-After": "5"})
         return http.json_response({"status": "ready", "roles": sorted(rt.roles)})
 

@@ -63,6 +63,18 @@ def boom() -> None:
     raise ValueError(f"cannot connect to {URL}\nsecond line")
 
 
+def test_a_web_process_of_processes_names_its_index_in_both_formats() -> None:
+    record = logging.LogRecord("agents.web.server", logging.INFO, __file__, 1,
+                               "web listening on %s", ("http://127.0.0.1:8080",), None)
+    masker = logs.Masker()
+    doc = orjson.loads(logs.JsonFormatter(masker, ["web"], process_index=1).format(record))
+    assert (doc["roles"], doc["process_index"]) == (["web"], 1)
+    assert "process_index" not in orjson.loads(logs.JsonFormatter(masker).format(record))
+    text = logs.TextFormatter(masker, process_index=1).format(record)
+    assert f"] [{record.process} #1] [INFO] web listening on http://127.0.0.1:8080" in text
+    assert f"] [{record.process}] [INFO] web" in logs.TextFormatter(masker).format(record)
+
+
 def test_a_record_is_one_json_object_with_its_fields() -> None:
     with captured("dashpipe.test", roles=("map", "persist")) as out:
         logging.getLogger("dashpipe.test").warning("poll of %s failed (%d in a row)", "p1", 3)
