@@ -62,7 +62,7 @@ class Server:
         await wrk(self.url, script, args.warmup)
         await asyncio.sleep(1.0)  # warm-up requests still in flight land before the count
         before = await self.count()
-        done = await measured(self.url, script, args.seconds, self.proc.pid)
+        done = await measured(self.url, script, args.seconds, [self.proc.pid])
         await asyncio.sleep(1.0)
         written = await self.count() - before
         check(self.name, done)
