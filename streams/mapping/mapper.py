@@ -218,6 +218,7 @@ class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, dedup: Dedup, metrics: Metrics) -> None:
         self.dedup, self.metrics = dedup, metrics
         self.pending: asyncio.Task[None] | None = None  # the last batch's write and commit
+        self.revocations = 0  # a batch read before one is read again, never committed
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         if self.pending is not None:
@@ -226,6 +227,7 @@ class _Owner(ConsumerRebalanceListener):  # type: ignore[misc]
         # another process may own a partition before this one gets it back: its records
         # would be missing from a kept window, so every window is warmed again
         self.dedup.keep(set())
+        self.revocations += 1
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.dedup.keep({tp.partition for tp in assigned})
@@ -253,6 +255,7 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
                 batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
                 if not batch:
                     continue
+                read_in = owner.revocations
                 if any(_unknown(rt, r) for recs in batch.values() for r in recs):
                     await rt.registry.sync()  # a pipeline created a moment ago: read it first
                 # taken over, or reset by a rebalance (checked again after each warm: the
@@ -266,6 +269,13 @@ async def run_mapper(rt: Runtime, max_records: int = 2000) -> None:
                 if owner.pending is not None:
                     await owner.pending
                 offsets = await kafka.consumed(consumer, batch)
+                if owner.revocations != read_in:
+                    # every partition is read again from its committed offset (here or by
+                    # another process): committing this batch could move an offset back
+                    # behind what another process wrote meanwhile; the windows it fed are
+                    # warmed again from the log where the partitions are read again
+                    dedup.keep(set())
+                    continue
                 owner.pending = asyncio.create_task(_write_and_commit(producer, consumer, out,
                                                                       offsets))
         finally:
