@@ -139,9 +139,9 @@ class Persister:
     dlq_partitions: int
     stored: dict[Any, int] = field(default_factory=dict)  # offsets whose rows are committed
     committed_at: float = 0.0
-    # one more at every revocation: a batch read before it must not commit its offsets after
-    # it (the partition may have come back after another member moved it on: see _Assignments)
-    generation: int = 0
+    # a batch read before a revocation must not commit its offsets after it (the partition
+    # may have come back after another member moved it on: see _Assignments)
+    revocations: int = 0
     rollups: rollups.Keeper | None = None  # TimescaleDB only
     _persisting: dict[bytes | None, bool] = field(default_factory=dict)
 
@@ -251,7 +251,7 @@ class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self.persister.commit(self.consumer)
-        self.persister.generation += 1
+        self.persister.revocations += 1
         self.handover.batch = _Collected()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -389,13 +389,13 @@ async def _write_loop(rt: Runtime, consumer: Any, persister: Persister,
                       handover: _Handover) -> None:
     while True:
         batch = await handover.take()
-        generation = persister.generation
+        read_in = persister.revocations
         refused = await _write_until_stored(persister.writer, batch.rows, batch.months, rt)
         if refused:
             await persister.dead_letters(refused, batch.records)
         if persister.rollups is not None:
             persister.rollups.wrote(batch.rows)
-        if generation == persister.generation:  # else read again from the committed offsets
+        if read_in == persister.revocations:  # else read again from the committed offsets
             persister.stored.update({tp: recs[-1].offset + 1
                                      for tp, recs in batch.records.items()})
         if time.monotonic() - persister.committed_at >= COMMIT_SECONDS:

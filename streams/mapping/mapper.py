@@ -107,10 +107,7 @@ class Mapper:
 
     def pin(self, p: Pipeline, spec: Mapping | None, version: int) -> None:
         """Map `p` with `spec` as mapping version `version`, whatever the registry says."""
-        self.pinned[p.id] = _Compiled(
-            version, compile_mapping(spec),
-            [(Header.PIPELINE_ID, p.id.encode()), (Header.TEAM_ID, p.team_id.encode())],
-            {"pipeline_id": p.id, "team_id": p.team_id}, _stamped(spec))
+        self.pinned[p.id] = _compile(p, spec, version)
 
     def compiled(self, p: Pipeline) -> _Compiled:
         if p.id in self.pinned:
@@ -119,11 +116,7 @@ class Mapper:
         if c is None or c.version != p.mapping_version:
             spec = p.data_mapping
             version = p.mapping_version if spec is not None else 0
-            c = self._compiled[p.id] = _Compiled(
-                version, compile_mapping(spec),
-                [(Header.PIPELINE_ID, p.id.encode()),
-                 (Header.TEAM_ID, p.team_id.encode())],
-                {"pipeline_id": p.id, "team_id": p.team_id}, _stamped(spec))
+            c = self._compiled[p.id] = _compile(p, spec, version)
         return c
 
     def map_batch(self, batch: dict[TopicPartition, list[Any]]) -> Out:
@@ -295,8 +288,11 @@ async def _write_and_commit(producer: Any, consumer: Any, out: Out,
 _UNREAD = datetime.fromtimestamp(0, UTC)
 
 
-def _stamped(spec: Mapping | None) -> bool:
-    return spec is not None and spec.time is not None
+def _compile(p: Pipeline, spec: Mapping | None, version: int) -> _Compiled:
+    return _Compiled(version, compile_mapping(spec),
+                     [(Header.PIPELINE_ID, p.id.encode()), (Header.TEAM_ID, p.team_id.encode())],
+                     {"pipeline_id": p.id, "team_id": p.team_id},
+                     spec is not None and spec.time is not None)
 
 
 def _unknown(rt: Runtime, record: Any) -> bool:

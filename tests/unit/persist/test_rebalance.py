@@ -91,4 +91,4 @@ async def test_records_collected_before_a_revocation_are_dropped() -> None:
     handover.add(persister, records(20, 21))
     await listener.on_partitions_revoked({TP})
     assert handover.batch.size == 0 and not handover.batch.records
-    assert persister.generation == 1
+    assert persister.revocations == 1
